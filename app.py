@@ -1,0 +1,284 @@
+"""The parcel-tracking server: the Application, its routes, and the command line.
+
+    python app.py serve [--host H] [--port P] [--data-dir D] [--no-demo]
+    python app.py create-user --email E --password P --role R [--name N]
+    python app.py create-parcel --owner EMAIL --pickup "LAT,LNG[,ADDR]" --destination "LAT,LNG[,ADDR]"
+    python app.py assign PARCEL_ID DRIVER_EMAIL
+    python app.py demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import jinja2
+import tornado.httpserver
+import tornado.log
+import tornado.web
+
+import settings as settings_module
+from auth import passwords
+from auth.throttle import LoginThrottle
+from handlers import api, pages, tracking
+from handlers.base import ApiNotFound
+from models import demo, geo, parcels, users
+from models.db import Database
+from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError
+from models.locations import SampleWriter
+from realtime.hub import Hub
+from settings import Settings, SettingsError
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("parcel")
+
+
+class Application(tornado.web.Application):
+    """Routes and settings; owns the database handle, the hub and the login throttle."""
+
+    def __init__(self, config: Settings, mongodb_uri: str) -> None:
+        self.config = config
+        self.db = Database(mongodb_uri, config.mongodb_db)
+        self.hub = Hub(self.db, SampleWriter(self.db, config.sample_flush_interval),
+                       config.location_sample_every, config.broker_url)
+        self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        routes = [
+            (r"/ws/tracking/?", tracking.TrackingSocket),
+            (r"/api/token/?", api.TokenHandler),
+            (r"/api/token/refresh/?", api.RefreshHandler),
+            (r"/api/token/ws/?", api.SocketTokenHandler),
+            (r"/api/me/?", api.MeHandler),
+            (r"/api/users/?", api.UsersHandler),
+            (r"/api/parcels/?", api.ParcelsHandler),
+            (r"/api/parcels/(\d{1,18})/?", api.ParcelHandler),
+            (r"/api/parcels/(\d{1,18})/assign/?", api.AssignHandler),
+            (r"/api/parcels/(\d{1,18})/status/?", api.StatusHandler),
+            (r"/api/parcels/(\d{1,18})/locations/?", api.LocationsHandler),
+            (r"/api/.*", ApiNotFound),
+            *pages.ROUTES,
+        ]
+        super().__init__(
+            routes,
+            cookie_secret=config.secret_key,
+            xsrf_cookies=True,
+            xsrf_cookie_kwargs={"samesite": "Lax"},
+            login_url="/login",
+            static_path=str(HERE / "static"),
+            websocket_ping_interval=settings_module.WEBSOCKET_PING_INTERVAL,
+            websocket_ping_timeout=settings_module.WEBSOCKET_PING_TIMEOUT,
+            websocket_max_message_size=settings_module.WEBSOCKET_MAX_MESSAGE_SIZE,
+            log_function=log_request,
+            debug=config.debug,
+        )
+
+    async def start(self) -> None:
+        await self.db.ensure_indexes()
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        await self.db.close()
+
+
+def make_app(config: Settings, mongodb_uri: str | None = None) -> Application:
+    """Build the app for `serve` and for every test alike (call `start()` inside its IOLoop)."""
+    return Application(config.with_secret(), mongodb_uri or config.mongodb_uri)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, but with the path only: a socket's URL carries its token."""
+    status = handler.get_status()
+    method = tornado.log.access_log.info if status < 400 else tornado.log.access_log.warning
+    if status >= 500:
+        method = tornado.log.access_log.error
+    request = handler.request
+    method("%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
+           1000.0 * request.request_time())
+
+
+# -- the command line ------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+@asynccontextmanager
+async def database(config: Settings) -> AsyncIterator[Database]:
+    """The configured database (the embedded one started or joined as needed)."""
+    embedded = None
+    uri = config.mongodb_uri
+    if not uri:
+        embedded = EmbeddedDatabase(config.data_dir)
+        uri = await asyncio.to_thread(embedded.start)
+    db = Database(uri, config.mongodb_db)
+    try:
+        await db.ensure_indexes()
+        yield db
+    finally:
+        await db.close()
+        if embedded:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def create_user(config: Settings, args: argparse.Namespace) -> None:
+    if "@" not in args.email:
+        raise UsageError(f"--email must be an email address, not {args.email!r}")
+    if problem := passwords.check_length(args.password):
+        raise UsageError(problem)
+    password_hash = await passwords.hash_password(args.password, config.bcrypt_rounds)
+    async with database(config) as db:
+        try:
+            user = await users.create_user(db, email=args.email, password_hash=password_hash,
+                                           role=args.role, name=args.name or "")
+        except users.EmailTaken:
+            raise UsageError(f"a user with email {args.email} exists already") from None
+    print(user.id)
+
+
+async def create_parcel(config: Settings, args: argparse.Namespace) -> None:
+    try:
+        pickup = geo.parse_point_text(args.pickup, "--pickup")
+        destination = geo.parse_point_text(args.destination, "--destination")
+    except geo.InvalidLocation as e:
+        raise UsageError(str(e)) from None
+    async with database(config) as db:
+        found = await users.find_by_email(db, args.owner)
+        if not found or found[0].role != "client":
+            raise UsageError(f"--owner must be a client's email; {args.owner} is not")
+        parcel = await parcels.create_parcel(db, owner_id=found[0].id, pickup=pickup, destination=destination)
+    print(parcel["_id"])
+
+
+async def assign(config: Settings, args: argparse.Namespace) -> None:
+    try:
+        parcel_id = int(args.parcel_id)
+    except ValueError:
+        raise UsageError(f"PARCEL_ID must be a whole number, not {args.parcel_id!r}") from None
+    async with database(config) as db:
+        found = await users.find_by_email(db, args.driver_email)
+        if not found or found[0].role != "driver":
+            raise UsageError(f"{args.driver_email} is not a driver's email")
+        if await parcels.get_parcel(db, parcel_id) is None:
+            raise UsageError(f"there is no parcel {parcel_id}")
+        try:
+            await parcels.assign_driver(db, parcel_id, found[0].id)
+        except parcels.TransitionRefused as e:
+            raise UsageError(str(e)) from None
+    print(f"parcel {parcel_id} assigned to {found[0].email}")
+
+
+async def demo_data(config: Settings, args: argparse.Namespace) -> None:
+    async with database(config) as db:
+        created = await demo.create_demo_data(db, config.bcrypt_rounds)
+    print("demo data created" if created else "demo data already present")
+    print_logins()
+
+
+def print_logins() -> None:
+    print(f"demo logins (password for all: {demo.PASSWORD}):")
+    for email, _, role in demo.logins():
+        print(f"  {role:<10} {email}")
+
+
+async def serve(config: Settings, args: argparse.Namespace) -> None:
+    config = config.with_secret()
+    embedded = None
+    uri = config.mongodb_uri
+    if not uri:
+        embedded = EmbeddedDatabase(config.data_dir)
+        uri = await asyncio.to_thread(embedded.start)
+    app = make_app(config, uri)
+    try:
+        await app.start()
+        if not args.no_demo and await demo.create_demo_data(app.db, config.bcrypt_rounds):
+            log.info("created the demo data")
+        server = tornado.httpserver.HTTPServer(
+            app, xheaders=True, max_body_size=1024 * 1024, idle_connection_timeout=60
+        )
+        try:
+            server.listen(args.port, args.host)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        print(f"parcel tracking is running on http://{args.host}:{args.port}/", flush=True)
+        if not args.no_demo:
+            print_logins()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping")
+        server.stop()
+        await server.close_all_connections()
+    finally:
+        await app.stop()
+        if embedded:
+            await asyncio.to_thread(embedded.stop)
+
+
+COMMANDS = {"serve": serve, "create-user": create_user, "create-parcel": create_parcel,
+            "assign": assign, "demo": demo_data}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="app.py", description="Realtime parcel tracking.")
+    parser.add_argument("--data-dir", help="where the embedded database and secret live (DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common = Parser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS)
+    s = sub.add_parser("serve", parents=[common], help="run the server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--no-demo", action="store_true", help="do not create demo data")
+    u = sub.add_parser("create-user", parents=[common], help="create an account")
+    u.add_argument("--email", required=True)
+    u.add_argument("--password", required=True)
+    u.add_argument("--role", required=True, choices=["client", "driver", "dispatcher"])
+    u.add_argument("--name", default="")
+    p = sub.add_parser("create-parcel", parents=[common], help="create a parcel for a client")
+    p.add_argument("--owner", required=True, help="the client's email")
+    p.add_argument("--pickup", required=True, help='"LAT,LNG[,ADDRESS]"')
+    p.add_argument("--destination", required=True, help='"LAT,LNG[,ADDRESS]"')
+    a = sub.add_parser("assign", parents=[common], help="assign a parcel to a driver")
+    a.add_argument("parcel_id")
+    a.add_argument("driver_email")
+    sub.add_parser("demo", parents=[common], help="create the demo data if missing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    tornado.log.enable_pretty_logging()
+    try:
+        args = build_parser().parse_args(argv)
+        config = Settings.from_env(data_dir=args.data_dir)
+        asyncio.run(COMMANDS[args.command](config, args))
+    except (UsageError, SettingsError) as e:
+        print(f"app.py: error: {e}", file=sys.stderr)
+        return 2
+    except EmbeddedDatabaseError as e:
+        print(f"app.py: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Identity: password hashing, JSON Web Tokens and the login throttle."""

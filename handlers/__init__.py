@@ -1,0 +1,1 @@
+"""Request handlers: thin layers that parse, authorise and hand over to models and the hub."""

@@ -1,0 +1,169 @@
+"""The handlers' common ground: who is asking, rendering pages, JSON in and out.
+
+`BaseHandler.prepare()` sets `current_user` from a Bearer token (API clients) or
+the signed login cookie (browsers). `ApiHandler` answers every error as
+`{"error": ...}` and skips the XSRF check only for Bearer-authenticated calls,
+which a browser cannot forge.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+
+from auth import passwords, tokens
+from models import users
+from models.access import User
+from models.db import Database
+from realtime.hub import Hub
+from settings import MAX_API_BODY_SIZE, Settings
+
+LOGIN_COOKIE = "user"
+
+
+class LoginRefused(Exception):
+    def __init__(self, status: int, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class ApiError(tornado.web.HTTPError):
+    """An API failure whose message the caller reads in `{"error": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status)
+        self.message = message
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    current_user: User | None
+
+    @property
+    def db(self) -> Database:
+        return self.application.db
+
+    @property
+    def hub(self) -> Hub:
+        return self.application.hub
+
+    @property
+    def config(self) -> Settings:
+        return self.application.config
+
+    async def prepare(self) -> None:
+        self.token_error: str | None = None
+        self.current_user = await self._authenticate()
+
+    async def _authenticate(self) -> User | None:
+        header = self.request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                self.token_error = "the Authorization header must be 'Bearer <access token>'"
+                return None
+            try:
+                claimed = tokens.verify(token.strip(), "access", self.config.secret_key)
+            except tokens.TokenError as e:
+                self.token_error = str(e)
+                return None
+            return await users.get_user(self.db, claimed.id)
+        user_id = self.get_signed_cookie(LOGIN_COOKIE, max_age_days=self.config.refresh_token_ttl / 86400)
+        if not user_id:
+            return None
+        try:
+            return await users.get_user(self.db, int(user_id))
+        except ValueError:
+            return None
+
+    async def check_login(self, email: Any, password: Any) -> User:
+        """The user these credentials name, or `LoginRefused` (401, or 429 when throttled)."""
+        if not isinstance(email, str) or not isinstance(password, str) or not email.strip() or not password:
+            raise LoginRefused(400, "email and password are required")
+        address = self.request.remote_ip or ""
+        throttle = self.application.login_throttle
+        wait = throttle.retry_after(address, email)
+        if wait:
+            raise LoginRefused(429, f"too many failed logins; try again in {wait} s", wait)
+        found = await users.find_by_email(self.db, email)
+        user, password_hash = found if found else (None, None)
+        if not await passwords.verify_password(password, password_hash, self.config.bcrypt_rounds):
+            throttle.failed(address, email)
+            raise LoginRefused(401, "wrong email or password")
+        throttle.succeeded(address, email)
+        return user
+
+    def set_login_cookie(self, user: User) -> None:
+        self.set_signed_cookie(
+            LOGIN_COOKIE, str(user.id),
+            expires_days=self.config.refresh_token_ttl / 86400,
+            httponly=True, samesite="Lax", secure=self.request.protocol == "https",
+        )
+
+    def render_page(self, template: str, **context: Any) -> None:
+        """Render a Jinja2 template with what every page needs."""
+        page = self.application.templates.get_template(template)
+        self.finish(page.render(
+            current_user=self.current_user,
+            xsrf_form_html=self.xsrf_form_html,
+            xsrf_token=self.xsrf_token.decode(),
+            static_url=self.static_url,
+            request=self.request,
+            **context,
+        ))
+
+
+class ApiHandler(BaseHandler):
+    """JSON endpoints: `{"error": ...}` for every failure."""
+
+    def check_xsrf_cookie(self) -> None:
+        if "Authorization" in self.request.headers:
+            return  # a Bearer token is not sent by the browser on its own
+        super().check_xsrf_cookie()
+
+    async def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > MAX_API_BODY_SIZE:
+            raise ApiError(413, "the request body is too large")
+        await super().prepare()
+
+    def require_user(self) -> User:
+        if self.current_user is None:
+            raise ApiError(401, self.token_error or "authentication is required")
+        return self.current_user
+
+    def json_body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return body
+
+    def send(self, body: dict[str, Any] | list[Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            reason = exc.message
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            reason = exc.log_message % exc.args if exc.args else exc.log_message
+        else:
+            reason = self._reason.lower()
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="api"')
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": reason}))
+
+
+class ApiNotFound(ApiHandler):
+    async def prepare(self) -> None:
+        raise ApiError(404, "no such API endpoint")

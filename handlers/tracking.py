@@ -1,0 +1,132 @@
+"""The tracking WebSocket (CONTRACT §4): authenticate, authorise, validate, hand to the hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import tornado.websocket
+
+from auth import tokens
+from models import parcels
+from models.access import User, can_send_location, can_view
+from realtime import protocol
+from realtime.hub import Hub
+
+log = logging.getLogger("parcel.tracking")
+
+RATE_LIMIT = 10  # location messages
+RATE_WINDOW = 1.0  # seconds
+
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+NOT_ALLOWED = "this parcel does not exist or you may not track it"
+
+
+def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """The page's own origin (same host) and the ALLOWED_ORIGINS list may connect."""
+    origin = origin.strip().rstrip("/").lower()
+    return urlsplit(origin).netloc == host.lower() or origin in allowed
+
+
+class TrackingSocket(tornado.websocket.WebSocketHandler):
+    user: User | None = None
+    parcel_id: int | None = None
+
+    @property
+    def hub(self) -> Hub:
+        return self.application.hub
+
+    def check_origin(self, origin: str) -> bool:
+        # Tornado calls this only when the request has an Origin header (a browser).
+        return origin_allowed(origin, self.request.host, self.application.config.allowed_origins)
+
+    def get_compression_options(self) -> None:
+        return None  # permessage-deflate costs about ten times the memory per socket
+
+    async def open(self) -> None:
+        self._recent: deque[float] = deque()
+        self._sent_location = False
+        try:
+            parcel_id = int(self.get_query_argument("parcel_id", ""))
+        except ValueError:
+            return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
+        try:
+            user = tokens.verify(self.get_query_argument("token", None), "access", self.application.config.secret_key)
+        except tokens.TokenError as e:
+            return self._reject(CLOSE_UNAUTHENTICATED, str(e))
+        parcel = await parcels.get_parcel(self.application.db, parcel_id)
+        if parcel is None or not can_view(user, parcel):
+            return self._reject(CLOSE_FORBIDDEN, NOT_ALLOWED)
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return  # the peer left while we looked the parcel up
+        self.user, self.parcel_id = user, parcel_id
+        snapshot = self.hub.subscribe(self, parcel)
+        self._send({"type": "subscribed", "parcel_id": parcel_id, "role": user.role, "status": parcel["status"]})
+        if snapshot:
+            self.send_text(snapshot)
+
+    def on_message(self, message: str | bytes) -> None:
+        if self.parcel_id is None:
+            return
+        try:
+            self._check_rate()
+            location = protocol.parse_location(protocol.parse_message(message), self.parcel_id)
+            self._authorise_location()
+        except protocol.ProtocolError as e:
+            return self.send_text(protocol.error(str(e)))
+        self._sent_location = True
+        self.hub.publish_location(self.parcel_id, self.user.id, location)
+
+    def _authorise_location(self) -> None:
+        state = self.hub.parcel_state(self.parcel_id)
+        if not can_send_location(self.user, state):
+            raise protocol.ProtocolError("only the parcel's assigned driver can send its location")
+        if state["status"] in parcels.FINISHED:
+            raise protocol.ProtocolError(f"the parcel is {state['status']}; its location is no longer tracked")
+
+    def _check_rate(self) -> None:
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - RATE_WINDOW:
+            self._recent.popleft()
+        if len(self._recent) >= RATE_LIMIT:
+            raise protocol.ProtocolError(f"too many messages: at most {RATE_LIMIT} a second")
+        self._recent.append(now)
+
+    def on_close(self) -> None:
+        if self.parcel_id is None:
+            return
+        self.hub.unsubscribe(self, self.parcel_id)
+        if self._sent_location:
+            self.hub.driver_left(self.parcel_id, self.user.id)
+
+    # -- the hub's side (Subscriber) -----------------------------------------
+
+    def send_text(self, text: str) -> None:
+        """Send a frame; a socket that has gone meanwhile is simply skipped."""
+        try:
+            future = self.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            return
+        future.add_done_callback(_ignore_closed)
+
+    def revoke(self, message: str) -> None:
+        self._reject(CLOSE_FORBIDDEN, message)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.send_text(json.dumps(message))
+
+    def _reject(self, code: int, message: str) -> None:
+        self.send_text(protocol.error(message))
+        self.close(code, message[:120])
+
+
+def _ignore_closed(future: Any) -> None:
+    # Retrieve the outcome so a peer that vanished mid-write is not logged as an error.
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,1 @@
+"""Persistence and the rules about stored things. Only this package imports the driver."""

@@ -1,0 +1,69 @@
+"""Who may see and do what on a parcel: decided here once, for pages, API and socket.
+
+CONTRACT §2: the assigned driver, the owning client and any dispatcher may watch a
+parcel; only the assigned driver may send its location; nobody else sees it at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("client", "driver", "dispatcher")
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    role: str
+    email: str = ""
+    name: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "email": self.email, "name": self.name, "role": self.role}
+
+
+def can_view(user: User, parcel: Mapping[str, Any]) -> bool:
+    """May this user see the parcel, open its socket and receive its updates?"""
+    if user.role == "dispatcher":
+        return True
+    if user.role == "client":
+        return parcel.get("owner_id") == user.id
+    if user.role == "driver":
+        return parcel.get("driver_id") == user.id
+    return False
+
+
+def visible_query(user: User) -> dict[str, Any] | None:
+    """`can_view` as a database filter for listing parcels (None: sees nothing)."""
+    if user.role == "dispatcher":
+        return {}
+    if user.role == "client":
+        return {"owner_id": user.id}
+    if user.role == "driver":
+        return {"driver_id": user.id}
+    return None
+
+
+def can_send_location(user: User, parcel: Mapping[str, Any]) -> bool:
+    return user.role == "driver" and parcel.get("driver_id") == user.id
+
+
+def can_assign(user: User) -> bool:
+    return user.role == "dispatcher"
+
+
+def can_create_users(user: User) -> bool:
+    return user.role == "dispatcher"
+
+
+def may_set_status(user: User, parcel: Mapping[str, Any], status: str) -> bool:
+    """Its driver and dispatchers move a parcel on; its owner may only cancel it."""
+    if user.role == "dispatcher":
+        return True
+    if user.role == "driver":
+        return parcel.get("driver_id") == user.id and status != "cancelled"
+    if user.role == "client":
+        return parcel.get("owner_id") == user.id and status == "cancelled"
+    return False

@@ -1,0 +1,189 @@
+"""The embedded database: SecantusDB as a child process, shared per data dir.
+
+With `MONGODB_URI` empty the app runs SecantusDB (a MongoDB wire-protocol server)
+as a separate process with its files in `<data-dir>/db`. It is never imported:
+it is GPL-2.0, and a separate process keeps the licences apart.
+
+Several commands may use one data dir at once (the server, and the CLI while it
+runs), so the first one starts the database and records its pid and port in
+`<data-dir>/db-server.json`; later ones reuse it. Each user holds a shared lock
+on `db-users.lock` for as long as it runs, and whoever stops last (no shared
+lock left but its own) stops the database: the last one out turns off the light.
+`db-start.lock` serialises those decisions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+START_TIMEOUT = 20.0  # seconds to wait for the first ping
+
+
+class EmbeddedDatabaseError(RuntimeError):
+    """The embedded database could not be started."""
+
+
+class EmbeddedDatabase:
+    """A SecantusDB server for one data dir, started or reused by `start()`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.storage = self.data_dir / "db"
+        self.state_file = self.data_dir / "db-server.json"
+        self.log_file = self.data_dir / "db-server.log"
+        self.uri = ""
+        self.started_here = False
+        self._users_fd: int | None = None
+
+    def start(self) -> str:
+        """Start the database (or join the running one) and return its URI."""
+        self.storage.mkdir(parents=True, exist_ok=True)
+        with _locked(self.data_dir / "db-start.lock"):
+            state = self._running_state()
+            if state is None:
+                state = self._spawn()
+                self.started_here = True
+            self._users_fd = os.open(self.data_dir / "db-users.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+        self.uri = _uri(state["port"])
+        return self.uri
+
+    def stop(self) -> None:
+        """Leave the database; stop it if nobody else is using it."""
+        if self._users_fd is None:
+            return
+        with _locked(self.data_dir / "db-start.lock"):
+            try:
+                fcntl.flock(self._users_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                last_user = True
+            except BlockingIOError:
+                last_user = False
+            if last_user:
+                state = self._read_state()
+                if state:
+                    _terminate(state["pid"])
+                self.state_file.unlink(missing_ok=True)
+            os.close(self._users_fd)
+            self._users_fd = None
+
+    def _read_state(self) -> dict | None:
+        try:
+            state = json.loads(self.state_file.read_text())
+            return {"pid": int(state["pid"]), "port": int(state["port"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _running_state(self) -> dict | None:
+        state = self._read_state()
+        if state and _alive(state["pid"]) and _ping(state["port"], timeout=1.0):
+            return state
+        return None
+
+    def _spawn(self) -> dict:
+        port = _free_port()
+        command = [
+            sys.executable, "-m", "secantus",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--storage-path", str(self.storage),
+            "--standalone", "--log-level", "WARNING",
+        ]
+        with open(self.log_file, "ab") as log:
+            # A session of its own: Ctrl-C in the terminal reaches the app, which
+            # then stops the database in order, instead of both dying at once.
+            process = subprocess.Popen(
+                command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise EmbeddedDatabaseError(
+                    f"the embedded database exited at start (status {process.returncode}); see {self.log_file}"
+                )
+            if _ping(port, timeout=0.3):
+                state = {"pid": process.pid, "port": port}
+                self.state_file.write_text(json.dumps(state))
+                return state
+            time.sleep(0.05)
+        _terminate(process.pid)
+        raise EmbeddedDatabaseError(
+            f"the embedded database did not answer within {START_TIMEOUT:.0f} s; see {self.log_file}"
+        )
+
+
+class _locked:
+    """An exclusive flock on a file for the length of a `with` block."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def _uri(port: int) -> str:
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ping(port: int, timeout: float) -> bool:
+    ms = int(timeout * 1000)
+    client = MongoClient(_uri(port), serverSelectionTimeoutMS=ms, connectTimeoutMS=ms)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, wait, then SIGKILL: the database flushes its files on SIGTERM."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: poll for it instead
+            finished = 0 if _alive(pid) else pid
+        if finished:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass

@@ -1,0 +1,59 @@
+"""Users: integer ids, unique case-insensitive emails, bcrypt hashes never leaving here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from models.access import ROLES, User
+from models.db import Database, utcnow
+
+
+class EmailTaken(ValueError):
+    """A user with that email exists already."""
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _user(doc: dict[str, Any]) -> User:
+    return User(id=doc["_id"], role=doc["role"], email=doc["email"], name=doc.get("name", ""))
+
+
+async def create_user(db: Database, *, email: str, password_hash: str, role: str, name: str = "") -> User:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    email = normalise_email(email)
+    if await db.users.find_one({"email": email}, {"_id": 1}):
+        raise EmailTaken(email)
+    doc = {
+        "_id": await db.next_id("users"),
+        "email": email,
+        "name": name.strip() or email.split("@")[0],
+        "role": role,
+        "password_hash": password_hash,
+        "created_at": utcnow(),
+    }
+    try:
+        await db.users.insert_one(doc)
+    except DuplicateKeyError:  # a concurrent create won the race
+        raise EmailTaken(email) from None
+    return _user(doc)
+
+
+async def get_user(db: Database, user_id: int) -> User | None:
+    doc = await db.users.find_one({"_id": user_id}, {"password_hash": 0})
+    return _user(doc) if doc else None
+
+
+async def find_by_email(db: Database, email: str) -> tuple[User, str] | None:
+    """The user and their password hash, for checking a login."""
+    doc = await db.users.find_one({"email": normalise_email(email)})
+    return (_user(doc), doc["password_hash"]) if doc else None
+
+
+async def list_users(db: Database, role: str | None = None) -> list[User]:
+    query = {"role": role} if role else {}
+    return [_user(doc) async for doc in db.users.find(query, {"password_hash": 0}).sort("_id", 1)]

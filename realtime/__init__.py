@@ -1,0 +1,1 @@
+"""The live side: validating socket messages, per-parcel fan-out, and the broker between processes."""

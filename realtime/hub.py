@@ -1,0 +1,181 @@
+"""The hub: per-parcel subscribers held in the IOLoop, fan-out and sampling.
+
+Handlers hand the hub what they have validated and authorised; the hub
+serialises each event once, sends the same text to every subscriber of the
+parcel, keeps the latest location of each parcel for the snapshot on connect,
+and passes every Nth accepted location (and a driver's last one when their
+socket closes) to the sample writer, never making the broadcast wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from typing import Any, Protocol
+
+from models import parcels
+from models.access import User
+from models.db import Database, iso, utcnow
+from models.locations import SampleWriter
+from realtime.broker import make_broker
+
+
+class Subscriber(Protocol):
+    user: User
+
+    def send_text(self, text: str) -> None: ...
+
+    def revoke(self, message: str) -> None: ...
+
+
+# How long the hub trusts its copy of a parcel's driver and status before it
+# re-reads it, so that a change made by another process (the CLI) still lands.
+STATE_TTL = 5.0
+
+
+class Hub:
+    def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "") -> None:
+        self.db = db
+        self.writer = writer
+        self.sample_every = sample_every
+        self.broker = make_broker(broker_url, self._deliver)
+        self._subscribers: dict[int, set[Subscriber]] = {}
+        self._parcels: dict[int, dict[str, Any]] = {}  # driver_id and status, for per-message checks
+        self._latest: dict[int, str] = {}  # the latest location_update text of each parcel
+        self._accepted: dict[int, int] = {}
+        self._unsaved: dict[int, tuple[int, dict[str, Any], datetime]] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        """Write every driver's unsaved last position, then everything queued."""
+        for parcel_id in list(self._unsaved):
+            self._save_unsaved(parcel_id)
+        await self.writer.flush()
+        await self.broker.close()
+
+    # -- subscribers -------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber, parcel: dict[str, Any]) -> str | None:
+        """Add a subscriber; returns the snapshot to send it (the latest location), if any."""
+        parcel_id = parcel["_id"]
+        self._subscribers.setdefault(parcel_id, set()).add(subscriber)
+        self._parcels[parcel_id] = {
+            "driver_id": parcel.get("driver_id"), "status": parcel["status"], "checked": time.monotonic(),
+        }
+        if parcel_id in self._latest:
+            return self._latest[parcel_id]
+        last = parcel.get("last_location")
+        if not last:
+            return None
+        location = {"lat": last["lat"], "lng": last["lng"], "address": last.get("address", "")}
+        return _location_text(parcel_id, last.get("driver_id", parcel.get("driver_id")), location, last["timestamp"])
+
+    def unsubscribe(self, subscriber: Subscriber, parcel_id: int) -> None:
+        subscribers = self._subscribers.get(parcel_id)
+        if subscribers is None:
+            return
+        subscribers.discard(subscriber)
+        if not subscribers:
+            del self._subscribers[parcel_id]
+            self._parcels.pop(parcel_id, None)
+
+    def subscriber_count(self, parcel_id: int) -> int:
+        return len(self._subscribers.get(parcel_id, ()))
+
+    def parcel_state(self, parcel_id: int) -> dict[str, Any]:
+        """What the hub knows of a parcel with subscribers: its driver and status.
+
+        Read from memory (this is every message's check); a copy older than
+        STATE_TTL is refreshed from the database in the background."""
+        state = self._parcels[parcel_id]
+        if time.monotonic() - state["checked"] > STATE_TTL:
+            state["checked"] = time.monotonic()
+            task = asyncio.ensure_future(self._refresh(parcel_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return state
+
+    async def _refresh(self, parcel_id: int) -> None:
+        parcel = await parcels.get_parcel(self.db, parcel_id)
+        state = self._parcels.get(parcel_id)
+        if parcel is None or state is None:
+            return
+        if (parcel["status"], parcel.get("driver_id")) != (state["status"], state["driver_id"]):
+            self.parcel_changed(parcel, previous_driver_id=state["driver_id"])
+
+    # -- events in -----------------------------------------------------------
+
+    def publish_location(self, parcel_id: int, driver_id: int, location: dict[str, Any]) -> None:
+        """An accepted location: broadcast it, and sample it for the history."""
+        timestamp = utcnow()
+        count = self._accepted.get(parcel_id, 0) + 1
+        self._accepted[parcel_id] = count
+        if count % self.sample_every == 0:
+            self._unsaved.pop(parcel_id, None)
+            self.writer.add(parcel_id, driver_id, location, timestamp)
+        else:
+            self._unsaved[parcel_id] = (driver_id, location, timestamp)
+        self.broker.publish({
+            "kind": "location", "parcel_id": parcel_id,
+            "text": _location_text(parcel_id, driver_id, location, timestamp),
+        })
+
+    def driver_left(self, parcel_id: int, driver_id: int) -> None:
+        """A driver's socket closed: their latest accepted update is written too."""
+        unsaved = self._unsaved.get(parcel_id)
+        if unsaved and unsaved[0] == driver_id:
+            self._save_unsaved(parcel_id)
+
+    def parcel_changed(self, parcel: dict[str, Any], previous_driver_id: int | None = None) -> None:
+        """A parcel's status or driver changed: tell its subscribers, cut off a replaced driver."""
+        self.broker.publish({
+            "kind": "parcel", "parcel_id": parcel["_id"], "status": parcel["status"],
+            "driver_id": parcel.get("driver_id"),
+            "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
+        })
+
+    def _save_unsaved(self, parcel_id: int) -> None:
+        driver_id, location, timestamp = self._unsaved.pop(parcel_id)
+        self.writer.add(parcel_id, driver_id, location, timestamp)
+
+    # -- events out (from the broker, in every process) -----------------------
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        parcel_id = event["parcel_id"]
+        if event["kind"] == "location":
+            text = event["text"]
+            self._latest[parcel_id] = text
+        else:
+            text = self._parcel_event(parcel_id, event)
+        for subscriber in list(self._subscribers.get(parcel_id, ())):
+            subscriber.send_text(text)
+
+    def _parcel_event(self, parcel_id: int, event: dict[str, Any]) -> str:
+        state = self._parcels.get(parcel_id)
+        if state is not None:
+            state.update(driver_id=event["driver_id"], status=event["status"])
+        revoked = event.get("revoke_driver_id")
+        if revoked is not None:
+            self._latest.pop(parcel_id, None)  # the old driver's position is not the parcel's now
+            for subscriber in list(self._subscribers.get(parcel_id, ())):
+                if subscriber.user.role == "driver" and subscriber.user.id == revoked:
+                    self.unsubscribe(subscriber, parcel_id)
+                    subscriber.revoke("you are no longer assigned to this parcel")
+        return json.dumps(
+            {"type": "status", "parcel_id": parcel_id, "status": event["status"], "timestamp": iso(utcnow())}
+        )
+
+
+def _location_text(parcel_id: int, driver_id: int | None, location: dict[str, Any], timestamp: datetime) -> str:
+    return json.dumps({
+        "type": "location_update",
+        "driver_id": str(driver_id) if driver_id is not None else None,
+        "location": location,
+        "parcel_id": parcel_id,
+        "timestamp": iso(timestamp),
+    })

@@ -1,0 +1,53 @@
+"""The tracking socket's message protocol (CONTRACT §4): parsing and validation.
+
+Everything here is pure: a text frame in, a clean location or a `ProtocolError`
+with the message the driver sees out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from models import geo
+
+# Optional extras a driver may add, with the range each must lie in.
+EXTRAS = {"accuracy": (0.0, 1e6), "heading": (0.0, 360.0), "speed": (0.0, 1e4)}
+
+
+class ProtocolError(ValueError):
+    """A message the server refuses; `str()` is what the sender is told."""
+
+
+def parse_message(text: str | bytes) -> dict[str, Any]:
+    """A frame as a JSON object with a known `type`."""
+    try:
+        message = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("message must be a JSON object")
+    kind = message.get("type")
+    if kind != "location_update":
+        raise ProtocolError(f"unknown message type: {str(kind)[:40]!r}" if kind is not None else "message has no type")
+    return message
+
+
+def parse_location(message: dict[str, Any], parcel_id: int) -> dict[str, Any]:
+    """The location a `location_update` carries: lat, lng, address and any extras."""
+    if "parcel_id" in message:
+        claimed = message["parcel_id"]
+        if isinstance(claimed, bool) or claimed != parcel_id:
+            raise ProtocolError("parcel_id does not match this socket's parcel")
+    try:
+        location = geo.point(message)
+        for name, (low, high) in EXTRAS.items():
+            if message.get(name) is not None:
+                location[name] = geo.number(message[name], name, low, high)
+    except geo.InvalidLocation as e:
+        raise ProtocolError(str(e)) from None
+    return location
+
+
+def error(message: str) -> str:
+    return json.dumps({"type": "error", "message": message})

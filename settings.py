@@ -1,0 +1,122 @@
+"""Settings: every knob of CONTRACT §1, read once from the environment.
+
+`Settings.from_env()` is the only place that reads `os.environ`; everything else
+receives a `Settings` object, so tests build one with plain keyword overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_TILE_URL = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
+
+# Socket tuning that is not part of the contract but must not be Tornado's default.
+WEBSOCKET_PING_INTERVAL = 25  # seconds; Tornado sends no pings unless this is set
+WEBSOCKET_PING_TIMEOUT = 20  # seconds without a pong before the socket is closed (≤ the interval)
+WEBSOCKET_MAX_MESSAGE_SIZE = 4 * 1024  # bytes; a larger frame closes with 1009
+MAX_API_BODY_SIZE = 64 * 1024  # bytes; a larger JSON body gets 413
+
+
+class SettingsError(ValueError):
+    """A setting has a value the app cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./data")
+    mongodb_uri: str = ""
+    mongodb_db: str = "parcel_tracking"
+    secret_key: str = ""
+    app_env: str = "development"
+    allowed_origins: tuple[str, ...] = ()
+    location_sample_every: int = 5
+    broker_url: str = ""
+    public_ws_url: str = ""
+    tile_url: str = DEFAULT_TILE_URL
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 604800
+    ws_token_ttl: int = 60
+    bcrypt_rounds: int = 12
+    login_max_failures: int = 5
+    login_failure_window: int = 300
+    sample_flush_interval: float = 0.25
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Read the environment (defaults as in CONTRACT §1), then apply overrides."""
+        env = os.environ if env is None else env
+        values = dict(
+            data_dir=Path(env.get("DATA_DIR") or "./data"),
+            mongodb_uri=env.get("MONGODB_URI", "").strip(),
+            mongodb_db=env.get("MONGODB_DB", "").strip() or "parcel_tracking",
+            secret_key=env.get("SECRET_KEY", ""),
+            app_env=env.get("APP_ENV", "").strip() or "development",
+            allowed_origins=_origins(env.get("ALLOWED_ORIGINS", "")),
+            location_sample_every=_positive_int(env, "LOCATION_SAMPLE_EVERY", 5),
+            broker_url=env.get("BROKER_URL", "").strip(),
+            public_ws_url=env.get("PUBLIC_WS_URL", "").strip().rstrip("/"),
+            tile_url=env.get("TILE_URL", "").strip() or DEFAULT_TILE_URL,
+            access_token_ttl=_positive_int(env, "ACCESS_TOKEN_TTL", 900),
+            refresh_token_ttl=_positive_int(env, "REFRESH_TOKEN_TTL", 604800),
+            bcrypt_rounds=_positive_int(env, "BCRYPT_ROUNDS", 12),
+            debug=env.get("DEBUG", "") in ("1", "true", "yes"),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values["data_dir"], str):
+            values["data_dir"] = Path(values["data_dir"])
+        settings = cls(**values)
+        if settings.broker_url and not settings.broker_url.startswith(("redis://", "rediss://")):
+            raise SettingsError("BROKER_URL must be empty or a redis:// URL")
+        if not 4 <= settings.bcrypt_rounds <= 16:
+            raise SettingsError("BCRYPT_ROUNDS must be between 4 and 16")
+        return settings
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    def with_secret(self) -> Settings:
+        """Return settings whose secret key is set: from SECRET_KEY, or generated once
+        into `<data-dir>/secret_key` (refused in production, where it must be given)."""
+        if self.secret_key:
+            return self
+        if self.production:
+            raise SettingsError("SECRET_KEY must be set when APP_ENV=production")
+        return replace(self, secret_key=_load_or_create_secret(self.data_dir / "secret_key"))
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1")
+    return value
+
+
+def _load_or_create_secret(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+    else:
+        secret = secrets.token_urlsafe(48)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+    if len(secret) < 32:
+        raise SettingsError(f"{path} holds no usable secret; delete it to make a new one")
+    return secret

@@ -1,0 +1,145 @@
+"""Shared fixtures: one real embedded database server per test session, an app per test.
+
+Each test gets its own database name on that server (dropped afterwards) and its
+own IOLoop (pytest-tornado); the app's AsyncMongoClient is made inside that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from app import Application, make_app
+from auth import passwords, tokens
+from models import parcels, users
+from models.access import User
+from models.embedded import EmbeddedDatabase
+from settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_SECRET = "test-secret-" + "x" * 40
+PASSWORD = "correct horse"
+
+
+@pytest.fixture(scope="session")
+def db_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URI of a SecantusDB server started once for the whole session."""
+    embedded = EmbeddedDatabase(tmp_path_factory.mktemp("embedded"))
+    uri = embedded.start()
+    yield uri
+    embedded.stop()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        mongodb_db=f"test_{uuid.uuid4().hex[:12]}",
+        secret_key=TEST_SECRET,
+        bcrypt_rounds=4,
+        sample_flush_interval=0.01,
+    )
+
+
+@pytest.fixture
+def app(io_loop, config: Settings, db_server: str) -> Application:
+    application = make_app(config, db_server)
+    io_loop.run_sync(application.start)
+    yield application
+
+    async def teardown() -> None:
+        await application.hub.stop()
+        await application.db.client.drop_database(config.mongodb_db)
+        await application.db.close()
+
+    io_loop.run_sync(teardown)
+
+
+class World:
+    """Makes users, tokens and parcels straight through models/, for arranging tests."""
+
+    def __init__(self, app: Application, port: int) -> None:
+        self.app = app
+        self.port = port
+        self._n = 0
+
+    async def user(self, role: str, email: str | None = None, name: str = "") -> User:
+        self._n += 1
+        email = email or f"{role}{self._n}@example.test"
+        password_hash = await passwords.hash_password(PASSWORD, 4)
+        return await users.create_user(self.app.db, email=email, password_hash=password_hash, role=role, name=name)
+
+    def token(self, user: User, token_type: str = "access", ttl: int = 300) -> str:
+        return tokens.issue(user, token_type, ttl, TEST_SECRET)
+
+    async def parcel(self, owner: User, driver: User | None = None, status: str = "pending") -> dict[str, Any]:
+        parcel = await parcels.create_parcel(
+            self.app.db, owner_id=owner.id,
+            pickup={"lat": 28.61, "lng": 77.23, "address": "India Gate"},
+            destination={"lat": 28.55, "lng": 77.20, "address": "Hauz Khas"},
+        )
+        if driver is not None:
+            parcel, _ = await parcels.assign_driver(self.app.db, parcel["_id"], driver.id)
+        path = {"picked_up": ["picked_up"], "in_transit": ["picked_up", "in_transit"],
+                "delivered": ["picked_up", "in_transit", "delivered"], "cancelled": ["cancelled"]}
+        for step in path.get(status, []):
+            parcel = await parcels.set_status(self.app.db, parcel["_id"], step)
+        return parcel
+
+    async def api(self, method: str, path: str, user: User | None = None, body: Any = None,
+                  headers: dict[str, str] | None = None, raw: bytes | None = None) -> HTTPResponse:
+        """An API call over real HTTP; returns the response whatever its status."""
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if user is not None:
+            all_headers["Authorization"] = f"Bearer {self.token(user)}"
+        payload = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        if payload is None and method == "POST":
+            payload = b""
+        request = HTTPRequest(f"http://127.0.0.1:{self.port}{path}", method=method, headers=all_headers,
+                              body=payload, request_timeout=10)
+        try:
+            return await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            return e.response
+
+    async def socket(self, parcel_id: Any, token: str | None, origin: str | None = None,
+                     path: str = "/ws/tracking/") -> WebSocketClientConnection:
+        query = f"parcel_id={parcel_id}" if parcel_id is not None else ""
+        if token is not None:
+            query += f"&token={token}"
+        headers = {"Origin": origin} if origin else {}
+        request = HTTPRequest(f"ws://127.0.0.1:{self.port}{path}?{query}", headers=headers, request_timeout=10)
+        return await websocket_connect(request)
+
+    async def watch(self, parcel: dict[str, Any], user: User) -> WebSocketClientConnection:
+        """A socket that has been accepted: `subscribed` (and any snapshot) already read."""
+        ws = await self.socket(parcel["_id"], self.token(user))
+        first = await recv(ws)
+        assert first["type"] == "subscribed", first
+        if (await parcels.get_parcel(self.app.db, parcel["_id"])).get("last_location") or \
+                parcel["_id"] in self.app.hub._latest:
+            snapshot = await recv(ws)
+            assert snapshot["type"] == "location_update", snapshot
+        return ws
+
+
+async def recv(ws: WebSocketClientConnection, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The next message as JSON (None once the socket has closed); fails after `timeout`."""
+    message = await asyncio.wait_for(ws.read_message(), timeout)
+    return None if message is None else json.loads(message)
+
+
+def body(response: HTTPResponse) -> Any:
+    return json.loads(response.body)
+
+
+@pytest.fixture
+def world(app: Application, http_server, http_port: int) -> World:
+    return World(app, http_port)
