@@ -130,9 +130,9 @@ class World:
         return ws
 
 
-async def recv(ws: WebSocketClientConnection, timeout: float = 5.0) -> dict[str, Any] | None:
-    """The next message as JSON (None once the socket has closed); fails after `timeout`."""
-    message = await asyncio.wait_for(ws.read_message(), timeout)
+async def recv(ws: WebSocketClientConnection, within: float = 5.0) -> dict[str, Any] | None:
+    """The next message as JSON (None once the socket has closed); fails after `within` seconds."""
+    message = await asyncio.wait_for(ws.read_message(), within)
     return None if message is None else json.loads(message)
 
 
