@@ -21,9 +21,8 @@ class TokenHandler(ApiHandler):
         try:
             user = await self.check_login(body.get("email"), body.get("password"))
         except LoginRefused as e:
-            if e.retry_after:
-                self.set_header("Retry-After", str(e.retry_after))
-            raise ApiError(e.status, e.message) from None
+            retry = {"Retry-After": str(e.retry_after)} if e.retry_after else {}
+            raise ApiError(e.status, e.message, retry) from None
         secret = self.config.secret_key
         self.send({
             "access": tokens.issue(user, "access", self.config.access_token_ttl, secret),

@@ -34,9 +34,10 @@ class LoginRefused(Exception):
 class ApiError(tornado.web.HTTPError):
     """An API failure whose message the caller reads in `{"error": ...}`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
         self.message = message
+        self.headers = headers or {}
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -154,6 +155,8 @@ class ApiHandler(BaseHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             reason = exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             reason = exc.log_message % exc.args if exc.args else exc.log_message
         else:

@@ -48,7 +48,10 @@ class EmbeddedDatabase:
 
     def start(self) -> str:
         """Start the database (or join the running one) and return its URI."""
-        self.storage.mkdir(parents=True, exist_ok=True)
+        try:
+            self.storage.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EmbeddedDatabaseError(f"cannot use {self.storage} for the database: {e.strerror}") from None
         with _locked(self.data_dir / "db-start.lock"):
             state = self._running_state()
             if state is None:

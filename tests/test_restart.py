@@ -1,0 +1,80 @@
+"""The embedded database and restarts: shared per data dir, stopped by the last user, data kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from tornado.websocket import websocket_connect
+
+from models.embedded import EmbeddedDatabase, _alive, _ping
+from tests.process import Server, app_env, run_cli
+
+
+def test_second_user_of_a_data_dir_reuses_the_server_and_the_last_one_stops_it(tmp_path):
+    first, second = EmbeddedDatabase(tmp_path), EmbeddedDatabase(tmp_path)
+    uri = first.start()
+    assert second.start() == uri and first.started_here and not second.started_here
+    pid = json.loads((tmp_path / "db-server.json").read_text())["pid"]
+    port = int(uri.split(":")[2].split("/")[0])
+    first.stop()  # the one that started it leaves first: the other still uses it
+    assert _ping(port, timeout=2)
+    second.stop()
+    assert not _alive(pid) and not (tmp_path / "db-server.json").exists()
+
+
+def test_restart_keeps_users_parcels_and_the_last_location(tmp_path):
+    env = app_env(DATA_DIR=str(tmp_path), LOCATION_SAMPLE_EVERY="5")
+    server = Server(env, "--no-demo").start()
+    try:
+        state = json.loads((tmp_path / "db-server.json").read_text())
+        # The CLI joins the database the server started instead of opening the same files again.
+        for email, role in (("c@example.test", "client"), ("d@example.test", "driver")):
+            made = run_cli("create-user", "--email", email, "--password", "password1", "--role", role, env=env)
+            assert made.returncode == 0, made.stderr
+        parcel_id = int(run_cli("create-parcel", "--owner", "c@example.test", "--pickup", "28.6,77.2,A",
+                                "--destination", "28.5,77.1,B", env=env).stdout)
+        assert run_cli("assign", str(parcel_id), "d@example.test", env=env).returncode == 0
+        assert json.loads((tmp_path / "db-server.json").read_text()) == state and _alive(state["pid"])
+        assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+        driver_token = server.token("d@example.test", "password1")
+
+        async def drive() -> None:
+            ws = await websocket_connect(f"ws://127.0.0.1:{server.port}/ws/tracking/?parcel_id={parcel_id}"
+                                         f"&token={driver_token}")
+            assert json.loads(await asyncio.wait_for(ws.read_message(), 5))["type"] == "subscribed"
+            for lat in (28.61, 28.62, 28.63):  # fewer than LOCATION_SAMPLE_EVERY: none sampled yet
+                ws.write_message(json.dumps({"type": "location_update", "lat": lat, "lng": 77.2, "address": "Ring Rd"}))
+                await asyncio.wait_for(ws.read_message(), 5)
+            ws.close()  # the phone drops off: its latest update must still be kept
+
+        asyncio.run(drive())
+    finally:
+        output = server.stop()
+    assert "Traceback" not in output, output
+    assert not _alive(state["pid"]), "the embedded database outlived the server"
+
+    restarted = Server(env, "--no-demo").start()
+    try:
+        token = restarted.token("c@example.test", "password1")
+        status, parcel = restarted.api("GET", f"/api/parcels/{parcel_id}/", token)
+        assert status == 200
+        assert parcel["status"] == "assigned"
+        assert parcel["last_location"]["lat"] == 28.63 and parcel["last_location"]["address"] == "Ring Rd"
+        _, history = restarted.api("GET", f"/api/parcels/{parcel_id}/locations/", token)
+        assert [p["lat"] for p in history["locations"]] == [28.63]
+    finally:
+        restarted.stop()
+
+
+def test_a_database_that_cannot_start_is_one_clear_line(tmp_path):
+    blocked = tmp_path / "data"
+    blocked.mkdir()
+    (blocked / "db").write_text("a file where the database folder should be")
+    result = run_cli("demo", env=app_env(DATA_DIR=str(blocked)))
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("app.py: error:")
+    assert os.listdir(blocked) == ["db"] or "db-server.json" not in os.listdir(blocked)
