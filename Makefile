@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint browser bench clean
+.PHONY: run test lint system-packages bench clean
 
 $(VENV)/.run-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,16 +20,20 @@ $(VENV)/.dev-installed: $(VENV)/.run-installed requirements-dev.txt
 run: $(VENV)/.run-installed
 	$(PY) app.py serve --host $(HOST) --port $(PORT)
 
-# Debian's chromium for the browser tests (Playwright cannot download browsers here).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing chromium with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian's packages the tests use: chromium for the browser tests (Playwright cannot
+# download browsers here) and redis-server for the BROKER_URL tests. The tests start
+# their own servers; nothing here starts a service.
+APT_NEEDS := $(if $(shell command -v chromium),,chromium) $(if $(shell command -v redis-server),,redis-server)
+system-packages:
+ifneq ($(strip $(APT_NEEDS)),)
+	@echo "installing with apt-get: $(APT_NEEDS)"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null
+endif
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 
-test: $(VENV)/.dev-installed browser lint
+test: $(VENV)/.dev-installed system-packages lint
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev-installed

@@ -226,7 +226,11 @@ async def serve(config: Settings, args: argparse.Namespace) -> None:
         await stop.wait()
         log.info("stopping")
         server.stop()
-        await server.close_all_connections()
+        app.hub.close_all()
+        try:
+            await asyncio.wait_for(server.close_all_connections(), timeout=5)
+        except asyncio.TimeoutError:
+            log.warning("some connections did not close within 5 s")
     finally:
         await app.stop()
         if embedded:

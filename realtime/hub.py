@@ -29,6 +29,8 @@ class Subscriber(Protocol):
 
     def revoke(self, message: str) -> None: ...
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
 
 # How long the hub trusts its copy of a parcel's driver and status before it
 # re-reads it, so that a change made by another process (the CLI) still lands.
@@ -50,6 +52,12 @@ class Hub:
 
     async def start(self) -> None:
         await self.broker.start()
+
+    def close_all(self) -> None:
+        """Close every socket as "going away" (1001), so pages reconnect to the next server."""
+        for subscribers in list(self._subscribers.values()):
+            for subscriber in list(subscribers):
+                subscriber.close(1001, "the server is restarting")
 
     async def stop(self) -> None:
         """Write every driver's unsaved last position, then everything queued."""
