@@ -229,7 +229,7 @@ async def serve(config: Settings, args: argparse.Namespace) -> None:
         app.hub.close_all()
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("some connections did not close within 5 s")
     finally:
         await app.stop()
