@@ -1,0 +1,224 @@
+/**
+ * The driver's tracking page (/driver/parcels/<id>), phone first.
+ *
+ * Tracking is off until the driver turns it on. While on: the device position
+ * from watchPosition (high accuracy), the latest fix sent every 5 seconds (and
+ * at once when the first fix comes), the screen kept awake where the Screen
+ * Wake Lock API exists. Off stops sending and closes the socket. The status
+ * buttons call POST /api/parcels/<id>/status/ with the page's XSRF token.
+ */
+
+import { loginUrl, TrackingSocket } from "./tracking-socket.js";
+import { clock, dataJSON, duration, everySecond, showConnection, showStatus, toast } from "./ui.js";
+
+const SEND_EVERY_MS = 5000;
+const FINISHED = new Set(["delivered", "cancelled"]);
+const HELP_ON = "Sharing your position with the customer every 5 seconds.";
+const HELP_OFF = "Turn tracking on to share your position with the customer every 5 seconds.";
+
+const root = document.getElementById("driver");
+const parcelId = Number(root.dataset.parcelId);
+const labels = dataJSON(root, "labels");
+const xsrfToken = document.querySelector('meta[name="xsrf-token"]').content;
+const $ = (id) => document.getElementById(id);
+const toggle = $("tracking-toggle");
+const stepButtons = [...document.querySelectorAll(".button-step")];
+
+let status = root.dataset.status;
+let tracking = false;
+let watchId = null;
+let sendTimer = null;
+let fix = null; // the latest GeolocationPosition
+let lastSent = null; // when the latest fix went out (ms)
+let wakeLock = null;
+let wasHidden = false;
+
+// -- what the driver sees ------------------------------------------------------------
+
+function showTracking() {
+  toggle.setAttribute("aria-pressed", String(tracking));
+  toggle.classList.toggle("is-on", tracking);
+  $("tracking-state").textContent = tracking ? "On" : "Off";
+  if (!FINISHED.has(status)) $("tracking-help").textContent = tracking ? HELP_ON : HELP_OFF;
+}
+
+function showProblem(text) {
+  const box = $("geo-message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function showFix() {
+  const c = fix.coords;
+  $("accuracy").textContent = Number.isFinite(c.accuracy) ? `±${Math.round(c.accuracy)} m` : "Unknown";
+  const parts = [];
+  if (Number.isFinite(c.heading)) parts.push(`heading ${Math.round(c.heading)}°`);
+  if (Number.isFinite(c.speed)) parts.push(`${Math.round(c.speed * 3.6)} km/h`);
+  $("motion").textContent = parts.length ? parts.join(", ") : "Unknown";
+}
+
+function showLastSent() {
+  const el = $("last-sent");
+  el.textContent = lastSent ? `${duration(Date.now() - lastSent)} ago` : "Not yet";
+  el.title = lastSent ? `at ${clock(lastSent)}` : "";
+}
+
+function setStatus(next) {
+  status = next;
+  showStatus(status, labels);
+  for (const button of stepButtons) button.disabled = !button.dataset.from.split(" ").includes(status);
+  if (FINISHED.has(status)) {
+    if (tracking) stop();
+    toggle.disabled = true;
+    $("tracking-help").textContent = `This parcel is ${(labels[status] || status).toLowerCase()}: there is nothing left to track.`;
+  }
+}
+
+// -- sending the position -------------------------------------------------------------
+
+function sendNow() {
+  if (!tracking || !fix) return;
+  const c = fix.coords;
+  if (socket.sendLocationUpdate(c.latitude, c.longitude, { accuracy: c.accuracy, heading: c.heading, speed: c.speed })) {
+    lastSent = Date.now();
+    showLastSent();
+  }
+}
+
+function onFix(position) {
+  const first = fix === null;
+  fix = position;
+  showProblem("");
+  showFix();
+  if (first) sendNow();
+}
+
+function onFixError(error) {
+  if (error.code === error.PERMISSION_DENIED) {
+    stop();
+    showProblem("Location permission is denied, so tracking is off. Allow location for this site in your " +
+      "browser's settings, then turn tracking on again.");
+  } else if (error.code === error.POSITION_UNAVAILABLE) {
+    showProblem("Your position is unavailable right now (no GPS signal?). Tracking stays on and sends " +
+      "as soon as a position comes.");
+  } else {
+    showProblem("Still waiting for a GPS position. Tracking stays on.");
+  }
+}
+
+// -- the screen wake lock ---------------------------------------------------------------
+
+async function keepAwake() {
+  if (!("wakeLock" in navigator)) {
+    $("wake-state").textContent = "May turn off (this browser cannot keep it on)";
+    return;
+  }
+  try {
+    wakeLock = await navigator.wakeLock.request("screen");
+    $("wake-state").textContent = "Kept on while tracking";
+    wakeLock.addEventListener("release", () => {
+      wakeLock = null;
+      $("wake-state").textContent = "May turn off";
+    });
+  } catch (error) {
+    $("wake-state").textContent = "May turn off (not allowed here)";
+    $("wake-state").title = error.message || "";
+  }
+}
+
+function letSleep() {
+  if (wakeLock) wakeLock.release().catch(() => {});
+  wakeLock = null;
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (!tracking) return;
+  if (document.visibilityState === "hidden") {
+    wasHidden = true;
+  } else {
+    keepAwake(); // the browser released the lock when the page was hidden
+    sendNow();
+    if (wasHidden) toast("Tracking resumed. It pauses while this page is in the background.", "warning", 8000);
+    wasHidden = false;
+  }
+});
+
+// -- on and off -----------------------------------------------------------------------------
+
+function start() {
+  if (!("geolocation" in navigator)) {
+    showProblem("This browser cannot share your location. Open this page in your phone's main browser.");
+    return;
+  }
+  if (!window.isSecureContext) {
+    showProblem("Location needs a secure (https) address. Open this site through its https address.");
+    return;
+  }
+  showProblem("");
+  tracking = true;
+  fix = null;
+  showTracking();
+  socket.connect();
+  watchId = navigator.geolocation.watchPosition(onFix, onFixError, { enableHighAccuracy: true, maximumAge: 0, timeout: 30000 });
+  sendTimer = setInterval(sendNow, SEND_EVERY_MS);
+  keepAwake();
+}
+
+function stop() {
+  tracking = false;
+  showTracking();
+  if (watchId !== null) navigator.geolocation.clearWatch(watchId);
+  watchId = null;
+  clearInterval(sendTimer);
+  sendTimer = null;
+  if (socket.state !== "error") socket.disconnect(); // keep a refusal's "Error" in the pill
+  letSleep();
+}
+
+const socket = new TrackingSocket({
+  parcelId,
+  wsUrl: root.dataset.wsUrl,
+  onState(state, detail) {
+    showConnection(state, detail);
+    if (state === "live") sendNow(); // a fix that came while connecting goes out now
+    if (state === "error" && tracking) {
+      stop();
+      showProblem(`Tracking stopped: ${detail}`);
+    }
+  },
+  onStatus: (next) => { if (next !== status) setStatus(next); },
+  onError: (text) => toast(text, "error", 8000),
+});
+
+toggle.addEventListener("click", () => (tracking ? stop() : start()));
+
+// -- the status buttons -------------------------------------------------------------------------
+
+async function changeStatus(button) {
+  const label = button.textContent.trim();
+  for (const b of stepButtons) b.disabled = true;
+  $("step-message").textContent = `Saving “${label}”…`;
+  try {
+    const response = await fetch(`/api/parcels/${parcelId}/status/`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-XSRFToken": xsrfToken },
+      body: JSON.stringify({ status: button.dataset.status }),
+    });
+    if (response.status === 401) return location.assign(loginUrl());
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error || `the server answered ${response.status}`);
+    setStatus(body.status);
+    $("step-message").textContent = `Marked as ${(labels[body.status] || body.status).toLowerCase()}.`;
+  } catch (error) {
+    setStatus(status);
+    $("step-message").textContent = `Could not change the status: ${error.message}.`;
+  }
+}
+
+for (const button of stepButtons) button.addEventListener("click", () => changeStatus(button));
+
+showConnection("offline", "turn tracking on to connect");
+showTracking();
+everySecond(showLastSent);
+window.addEventListener("pagehide", () => { if (tracking) stop(); });

@@ -1,0 +1,197 @@
+/**
+ * The tracking socket: the page's end of CONTRACT §4 (the counterpart of the
+ * seed's useTrackingSocket hook).
+ *
+ * Before every connect it asks GET /api/token/ws/ (the login cookie) for a
+ * fresh 60 s token, so no token is ever kept in localStorage. After an
+ * unexpected close it reconnects with exponential backoff and jitter (1 s
+ * doubling to 30 s) for as long as the page is open, and at once when the
+ * browser comes back online. Close codes 4400 and 4403 stop it (the reason is
+ * reported); 4401 fetches a new token and tries again. disconnect() stops it.
+ *
+ * States: "connecting", "live", "offline" (waiting to retry, or disconnected)
+ * and "error" (stopped for a reason the person must see).
+ */
+
+const TOKEN_URL = "/api/token/ws/";
+const FIRST_DELAY = 1000;
+const MAX_DELAY = 30000;
+const STOP_CODES = new Set([4400, 4403]);
+const TOKEN_CODE = 4401;
+
+/** The socket base URL: PUBLIC_WS_URL when set, else the page's own origin as ws:// or wss://. */
+export function socketBase(publicUrl) {
+  if (publicUrl) return publicUrl.replace(/\/+$/, "").replace(/^http/, "ws");
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`;
+}
+
+/** Where to send someone whose login has ended: the login page, then back here. */
+export function loginUrl() {
+  return `/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+}
+
+export class TrackingSocket {
+  /**
+   * @param {object} options
+   * @param {number} options.parcelId
+   * @param {string} [options.wsUrl] PUBLIC_WS_URL ("" → this page's origin)
+   * @param {(location: {lat:number,lng:number,address:string}, message: object) => void} [options.onLocation]
+   * @param {(status: string, message: object) => void} [options.onStatus] also called with the status in "subscribed"
+   * @param {(text: string) => void} [options.onError] the server's error messages and the reason for stopping
+   * @param {(state: string, detail: string) => void} [options.onState]
+   */
+  constructor({ parcelId, wsUrl = "", onLocation, onStatus, onError, onState }) {
+    this.parcelId = parcelId;
+    this.base = socketBase(wsUrl);
+    this.onLocation = onLocation || (() => {});
+    this.onStatus = onStatus || (() => {});
+    this.onError = onError || (() => {});
+    this.onState = onState || (() => {});
+    this.state = "offline";
+    this.ws = null;
+    this.wanted = false; // connect() called and not disconnect()
+    this.attempt = 0; // failed attempts since the last success
+    this.retryTimer = null;
+    this.lastError = "";
+    this.tokenRetries = 0;
+    this.generation = 0; // bumped by every open and disconnect, so a stale await stops
+    this.onOnline = () => { if (this.wanted && this.state === "offline") this._retryNow(); };
+    window.addEventListener("online", this.onOnline);
+  }
+
+  /** Open the socket (and keep it open) until disconnect(). */
+  connect() {
+    this.wanted = true;
+    if (this.ws || this.state === "connecting") return;
+    this._open();
+  }
+
+  /** Close the socket on purpose: no reconnection. */
+  disconnect() {
+    this.wanted = false;
+    this.generation += 1;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(1000, "closed by the page");
+    this._setState("offline", "");
+  }
+
+  /** Send a driver's position; false when the socket is not live. */
+  sendLocationUpdate(lat, lng, extra = {}) {
+    if (this.state !== "live" || !this.ws) return false;
+    const message = { type: "location_update", lat, lng, parcel_id: this.parcelId };
+    for (const key of ["address", "accuracy", "heading", "speed"]) {
+      if (extra[key] !== undefined && extra[key] !== null && !Number.isNaN(extra[key])) message[key] = extra[key];
+    }
+    this.ws.send(JSON.stringify(message));
+    return true;
+  }
+
+  async _open() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const generation = ++this.generation;
+    this._setState("connecting", this.attempt ? `attempt ${this.attempt + 1}` : "");
+    let token;
+    try {
+      token = await this._token();
+    } catch (error) {
+      if (generation !== this.generation) return;
+      if (error.status === 401) {
+        this.wanted = false;
+        this._setState("error", "your login has ended");
+        location.assign(loginUrl());
+        return;
+      }
+      this._scheduleRetry();
+      return;
+    }
+    if (generation !== this.generation || !this.wanted) return;
+    const url = `${this.base}/ws/tracking/?parcel_id=${encodeURIComponent(this.parcelId)}&token=${encodeURIComponent(token)}`;
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (error) {
+      this._stop(`cannot open the tracking socket: ${error.message}`);
+      return;
+    }
+    this.ws = ws;
+    this.lastError = "";
+    ws.addEventListener("message", (event) => this._message(ws, event));
+    ws.addEventListener("close", (event) => this._closed(ws, event));
+  }
+
+  async _token() {
+    const response = await fetch(TOKEN_URL, { credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) {
+      const error = new Error(`token request failed: ${response.status}`);
+      error.status = response.status;
+      throw error;
+    }
+    return (await response.json()).access;
+  }
+
+  _message(ws, event) {
+    if (ws !== this.ws) return;
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (message.type === "subscribed") {
+      this.attempt = 0;
+      this.tokenRetries = 0;
+      this._setState("live", "");
+      this.onStatus(message.status, message);
+    } else if (message.type === "location_update" && message.location) {
+      this.onLocation(message.location, message);
+    } else if (message.type === "status") {
+      this.onStatus(message.status, message);
+    } else if (message.type === "error") {
+      this.lastError = String(message.message || "error");
+      if (this.state === "live") this.onError(this.lastError);
+    }
+  }
+
+  _closed(ws, event) {
+    if (ws !== this.ws) return; // an old socket, or disconnect()
+    this.ws = null;
+    if (!this.wanted) return;
+    if (STOP_CODES.has(event.code)) {
+      this._stop(this.lastError || event.reason || "the server refused this socket");
+    } else if (event.code === TOKEN_CODE && this.tokenRetries < 1) {
+      this.tokenRetries += 1;
+      this._open(); // the token expired on the way: get a new one at once
+    } else {
+      this._scheduleRetry();
+    }
+  }
+
+  _stop(reason) {
+    this.wanted = false;
+    this._setState("error", reason);
+    this.onError(reason);
+  }
+
+  _scheduleRetry() {
+    if (!this.wanted) return;
+    const ceiling = Math.min(MAX_DELAY, FIRST_DELAY * 2 ** this.attempt);
+    const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2)); // jitter: half to all of it
+    this.attempt += 1;
+    this._setState("offline", `retrying in ${Math.ceil(delay / 1000)} s`);
+    this.retryTimer = setTimeout(() => this._open(), delay);
+  }
+
+  _retryNow() {
+    this.attempt = 0;
+    this._open();
+  }
+
+  _setState(state, detail) {
+    this.state = state;
+    this.onState(state, detail);
+  }
+}

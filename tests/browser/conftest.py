@@ -1,0 +1,209 @@
+"""Browser-test fixtures: the app as a real subprocess, data made through its CLI and API,
+and Debian's Chromium driven by Playwright's sync API.
+
+One app server per test module (on the session's database server, with a database
+name of its own); one Chromium for the whole package. Nothing reaches the network:
+TILE_URL points at the app's own blank tile.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.process import ROOT, Server, app_env, run_cli
+
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+PASSWORD = "browser-pass"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+READY_TIMEOUT = 30.0
+
+
+class AppServer(Server):
+    """`python app.py serve` in a subprocess, which tests may stop and start again on the same port.
+
+    Unlike `tests.process.Server` it writes its output to a file: a browser test makes
+    hundreds of requests, and an access log nobody reads would fill a pipe and stall it.
+    """
+
+    def __init__(self, mongodb_uri: str, data_dir: Path) -> None:
+        env = app_env(
+            MONGODB_URI=mongodb_uri,
+            MONGODB_DB=f"browser_{uuid.uuid4().hex[:12]}",
+            SECRET_KEY="browser-test-secret-" + "k" * 40,
+            TILE_URL="/static/img/tile.svg",  # the app's own blank tile: nothing reaches the network
+            PUBLIC_WS_URL="",
+            BROKER_URL="",
+            ALLOWED_ORIGINS="",
+        )
+        super().__init__(env, "--host", "127.0.0.1", "--data-dir", str(data_dir), "--no-demo")
+        self.data_dir = data_dir
+        self.log_path = data_dir / "server.log"
+
+    def start(self) -> AppServer:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "app.py", "serve", "--port", str(self.port), *self.args],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the app did not listen within {READY_TIMEOUT:.0f} s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> str:
+        """SIGTERM, as a process manager would (SIGKILL if it hangs); returns the log so far."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.log_path.read_text()
+
+    def cli(self, *args: str) -> str:
+        done = run_cli(*args, "--data-dir", str(self.data_dir), env=self.env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+
+class Data:
+    """Makes accounts and parcels: the first dispatcher with the CLI, the rest through the API."""
+
+    def __init__(self, server: AppServer) -> None:
+        self.server = server
+        self.admin_email = f"boss-{uuid.uuid4().hex[:6]}@example.test"
+        server.cli("create-user", "--email", self.admin_email, "--password", PASSWORD, "--role", "dispatcher",
+                   "--name", "Dana Dispatcher")
+        self.admin_token = server.token(self.admin_email, PASSWORD)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = self.server.api(method, path, self.admin_token, body)
+        assert status < 400, (method, path, status, answer)
+        return answer
+
+    def user(self, role: str, name: str) -> dict[str, Any]:
+        email = f"{role}-{uuid.uuid4().hex[:8]}@example.test"
+        return self.call("POST", "/api/users/", {"email": email, "password": PASSWORD, "role": role, "name": name})
+
+    def parcel(self, owner: dict[str, Any], driver: dict[str, Any] | None = None, status: str = "pending",
+               pickup: str = "India Gate, New Delhi", destination: str = "Hauz Khas, New Delhi") -> int:
+        parcel = self.call("POST", "/api/parcels/", {
+            "owner_id": owner["id"],
+            "pickup": {"lat": 28.6129, "lng": 77.2295, "address": pickup},
+            "destination": {"lat": 28.5494, "lng": 77.2001, "address": destination},
+        })
+        if driver is not None:
+            self.call("POST", f"/api/parcels/{parcel['id']}/assign/", {"driver_id": driver["id"]})
+        for step in {"picked_up": ["picked_up"], "in_transit": ["picked_up", "in_transit"]}.get(status, []):
+            self.call("POST", f"/api/parcels/{parcel['id']}/status/", {"status": step})
+        return parcel["id"]
+
+
+@pytest.fixture(scope="module")
+def server(db_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    app = AppServer(db_server, tmp_path_factory.mktemp("app"))
+    app.start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def data(server: AppServer) -> Data:
+    return Data(server)
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Session:
+    """A browser context logged in as one person (its own cookies), and its pages' console errors."""
+
+    def __init__(self, browser: Browser, server: AppServer, phone: bool = False,
+                 geolocation: dict[str, float] | None = None) -> None:
+        options: dict[str, Any] = {"base_url": server.url, "viewport": PHONE if phone else DESKTOP}
+        if phone:
+            options.update(is_mobile=True, has_touch=True, device_scale_factor=2)
+        if geolocation:
+            options.update(geolocation=geolocation, permissions=["geolocation"])
+        self.context: BrowserContext = browser.new_context(**options)
+        self.context.set_default_timeout(10_000)
+        self.errors: list[str] = []
+        self.page = self.new_page()
+
+    def new_page(self) -> Page:
+        page = self.context.new_page()
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        return page
+
+    def login(self, email: str, password: str = PASSWORD) -> Page:
+        """Fill the login form (the one on screen if the page shows it already)."""
+        page = self.page
+        if "/login" not in page.url:
+            page.goto("/login")
+        page.get_by_label("Email").fill(email)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Log in").click()
+        return page
+
+    def script_errors(self) -> list[str]:
+        """Uncaught exceptions and CSP refusals (a failed socket while the server is down is expected)."""
+        return [e for e in self.errors if e.startswith("uncaught") or "Content Security Policy" in e]
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def sessions(browser: Browser, server: AppServer) -> Iterator[Any]:
+    """`sessions(email, phone=False, geolocation=None)` → a logged-in Session; all closed afterwards."""
+    made: list[Session] = []
+
+    def open_session(email: str | None = None, phone: bool = False,
+                     geolocation: dict[str, float] | None = None) -> Session:
+        session = Session(browser, server, phone, geolocation)
+        made.append(session)
+        if email:
+            session.login(email)
+            expect(session.page).not_to_have_url(re.compile(r"/login"))
+        return session
+
+    yield open_session
+    for session in made:
+        session.close()
+
+
+def screenshot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path))
+    return path
