@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import deque
 from typing import Any
@@ -52,15 +53,16 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     async def open(self) -> None:
         self._recent: deque[float] = deque()
         self._sent_location = False
-        try:
-            parcel_id = int(self.get_query_argument("parcel_id", ""))
-        except ValueError:
+        raw_id = self._argument("parcel_id")
+        if not re.fullmatch(r"-?[0-9]+", raw_id):
             return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
         try:
-            user = tokens.verify(self.get_query_argument("token", None), "access", self.application.config.secret_key)
+            user = tokens.verify(self._argument("token"), "access", self.application.config.secret_key)
         except tokens.TokenError as e:
             return self._reject(CLOSE_UNAUTHENTICATED, str(e))
-        parcel = await parcels.get_parcel(self.application.db, parcel_id)
+        # Parcel ids are 1 to 18 digits (as in the API's routes); any other integer names no parcel.
+        parcel_id = int(raw_id) if re.fullmatch(r"[0-9]{1,18}", raw_id) else None
+        parcel = None if parcel_id is None else await parcels.get_parcel(self.application.db, parcel_id)
         if parcel is None or not can_view(user, parcel):
             return self._reject(CLOSE_FORBIDDEN, NOT_ALLOWED)
         if self.ws_connection is None or self.ws_connection.is_closing():
@@ -72,8 +74,8 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
             self.send_text(snapshot)
 
     def on_message(self, message: str | bytes) -> None:
-        if self.parcel_id is None:
-            return
+        if self.parcel_id is None or self.ws_connection is None or self.ws_connection.is_closing():
+            return  # rejected or revoked: frames the peer sent before it saw our close are dropped
         try:
             self._check_rate()
             location = protocol.parse_location(protocol.parse_message(message), self.parcel_id)
@@ -104,6 +106,15 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
         self.hub.unsubscribe(self, self.parcel_id)
         if self._sent_location:
             self.hub.driver_left(self.parcel_id, self.user.id)
+
+    def _argument(self, name: str) -> str:
+        """A query argument ("" when absent); bytes that are not UTF-8 become U+FFFD and so fail validation."""
+        values = self.request.query_arguments.get(name)
+        return values[-1].decode("utf-8", "replace").strip() if values else ""
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # Tornado's version logs the request's URI, and a socket's URI carries its token.
+        log.error("uncaught exception on %s %s", self.request.method, self.request.path, exc_info=(typ, value, tb))
 
     # -- the hub's side (Subscriber) -----------------------------------------
 

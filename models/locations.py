@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
 
 from models.db import Database, iso
 
@@ -92,6 +91,6 @@ class SampleWriter:
                 ],
                 ordered=False,
             )
-        except PyMongoError:
+        except Exception:  # refused by the database, or not encodable for it (a lone surrogate in an address)
             # The live broadcast has already gone out; the history misses these samples.
             log.exception("could not write %d location samples", len(batch))

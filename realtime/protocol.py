@@ -25,6 +25,8 @@ def parse_message(text: str | bytes) -> dict[str, Any]:
         message = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("message is not valid JSON") from None
+    except RecursionError:  # a few thousand brackets fit in one frame
+        raise ProtocolError("message is nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("message must be a JSON object")
     kind = message.get("type")
