@@ -196,3 +196,36 @@ def test_addresses_are_shown_as_text(sessions, data, people):
     expect(page.locator("#stale")).to_be_visible()
     expect(page.locator("#stale")).to_have_text("Stale")
     expect(page.locator("#updated")).to_have_text(re.compile(r"^Updated 3\d s ago$"))
+
+
+def test_driver_is_told_when_location_is_denied(sessions, people):
+    driver = sessions(people["driver"]["email"], phone=True)  # no geolocation permission granted
+    page = driver.page
+    page.goto(f"/driver/parcels/{people['parcel']}")
+    page.get_by_role("button", name=re.compile("^Tracking")).click()
+    expect(page.get_by_role("alert")).to_contain_text("Location permission is denied")
+    expect(page.locator("#tracking-state")).to_have_text("Off")
+
+
+def test_a_reassigned_driver_is_stopped_and_told_why(sessions, data, people):
+    parcel_id = data.parcel(people["client"], people["driver"], status="picked_up")
+    driver = sessions(people["driver"]["email"], phone=True, geolocation=DRIVER_START)
+    page = driver.page
+    page.goto(f"/driver/parcels/{parcel_id}")
+    page.get_by_role("button", name=re.compile("^Tracking")).click()
+    expect(pill(page)).to_have_text("Live")
+    data.call("POST", f"/api/parcels/{parcel_id}/assign/", {"driver_id": data.user("driver", "Nikhil Next")["id"]})
+    expect(pill(page)).to_have_text("Error")
+    expect(page.get_by_role("alert")).to_have_text("Tracking stopped: you are no longer assigned to this parcel")
+    expect(page.locator("#tracking-state")).to_have_text("Off")
+
+
+def test_an_ended_login_leads_back_to_the_login_page(sessions, people):
+    session = sessions(people["client"]["email"])
+    page = session.page
+    page.add_init_script(CAPTURE_SOCKETS)
+    page.goto(f"/parcels/{people['parcel']}/track")
+    expect(pill(page)).to_have_text("Live")
+    session.context.clear_cookies()  # logged out elsewhere, or the cookie expired
+    page.evaluate("() => window.__sockets.at(-1).close()")  # the next connect needs a new token
+    expect(page).to_have_url(re.compile(rf"/login\?next=%2Fparcels%2F{people['parcel']}%2Ftrack$"))
