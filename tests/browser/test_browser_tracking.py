@@ -60,8 +60,11 @@ def truck(page: Page):
     return page.locator(".marker-driver")
 
 
-def open_map(sessions, email: str, parcel_id: int):
+def open_map(sessions, email: str, parcel_id: int, capture_sockets: bool = False):
+    """A logged-in session on a parcel's live map, once it is Live."""
     session = sessions(email)
+    if capture_sockets:
+        session.page.add_init_script(CAPTURE_SOCKETS)
     session.page.goto(f"/parcels/{parcel_id}/track")
     expect(pill(session.page)).to_have_text("Live")
     return session
@@ -151,11 +154,7 @@ def test_driver_status_buttons_reach_the_client(sessions, data, people):
 
 
 def test_client_page_cannot_send(sessions, people):
-    session = sessions(people["client"]["email"])
-    page = session.page
-    page.add_init_script(CAPTURE_SOCKETS)
-    page.goto(f"/parcels/{people['parcel']}/track")
-    expect(pill(page)).to_have_text("Live")
+    page = open_map(sessions, people["client"]["email"], people["parcel"], capture_sockets=True).page
     senders = page.get_by_role("button", name=re.compile("tracking|picked up|in transit|delivered", re.I))
     expect(senders).to_have_count(0)
     page.evaluate("""() => window.__sockets.at(-1).send(JSON.stringify(
@@ -221,11 +220,8 @@ def test_a_reassigned_driver_is_stopped_and_told_why(sessions, data, people):
 
 
 def test_an_ended_login_leads_back_to_the_login_page(sessions, people):
-    session = sessions(people["client"]["email"])
+    session = open_map(sessions, people["client"]["email"], people["parcel"], capture_sockets=True)
     page = session.page
-    page.add_init_script(CAPTURE_SOCKETS)
-    page.goto(f"/parcels/{people['parcel']}/track")
-    expect(pill(page)).to_have_text("Live")
     session.context.clear_cookies()  # logged out elsewhere, or the cookie expired
     page.evaluate("() => window.__sockets.at(-1).close()")  # the next connect needs a new token
     expect(page).to_have_url(re.compile(rf"/login\?next=%2Fparcels%2F{people['parcel']}%2Ftrack$"))
