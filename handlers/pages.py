@@ -239,8 +239,8 @@ class TrackPage(PageHandler):
         parcel = await self.visible_parcel(parcel_id)
         driver = await users.get_user(self.db, parcel["driver_id"]) if parcel.get("driver_id") else None
         public = parcels.public(parcel)
-        public["pickup"]["label"] = place_text(parcel["pickup"])
-        public["destination"]["label"] = place_text(parcel["destination"])
+        for end in ("pickup", "destination"):  # copies: the parcel's own dicts stay as stored
+            public[end] = {**public[end], "label": place_text(parcel[end])}
         self.page(
             "track.html",
             parcel=parcel_view(parcel, {driver.id: driver.name} if driver else None),
