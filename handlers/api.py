@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from auth import passwords, tokens
-from handlers.base import ApiError, ApiHandler, LoginRefused
+from handlers.base import ApiError, ApiHandler, Refused
 from models import geo, locations, parcels, users
 from models.access import ROLES, User, can_assign, can_create_users, can_view, may_set_status
 
@@ -20,7 +20,7 @@ class TokenHandler(ApiHandler):
         body = self.json_body()
         try:
             user = await self.check_login(body.get("email"), body.get("password"))
-        except LoginRefused as e:
+        except Refused as e:
             retry = {"Retry-After": str(e.retry_after)} if e.retry_after else {}
             raise ApiError(e.status, e.message, retry) from None
         secret = self.config.secret_key
@@ -144,17 +144,10 @@ class AssignHandler(ParcelHandlerBase):
         user, parcel = await self.visible_parcel(parcel_id)
         if not can_assign(user):
             raise ApiError(403, "only a dispatcher can assign drivers")
-        driver_id = self.json_body().get("driver_id")
-        if isinstance(driver_id, bool) or not isinstance(driver_id, int):
-            raise ApiError(400, "driver_id must be a driver's id")
-        driver = await users.get_user(self.db, driver_id)
-        if driver is None or driver.role != "driver":
-            raise ApiError(400, "driver_id must be a driver's id")
         try:
-            updated, previous = await parcels.assign_driver(self.db, parcel["_id"], driver_id)
-        except parcels.TransitionRefused as e:
-            raise ApiError(409, str(e)) from None
-        self.hub.parcel_changed(updated, previous_driver_id=previous)
+            updated = await self.assign_driver(parcel, self.json_body().get("driver_id"))
+        except Refused as e:
+            raise ApiError(e.status, e.message) from None
         self.send(parcels.public(updated))
 
 

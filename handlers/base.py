@@ -14,7 +14,7 @@ from typing import Any
 import tornado.web
 
 from auth import passwords, tokens
-from models import users
+from models import parcels, users
 from models.access import User
 from models.db import Database
 from realtime.hub import Hub
@@ -23,7 +23,9 @@ from settings import MAX_API_BODY_SIZE, Settings
 LOGIN_COOKIE = "user"
 
 
-class LoginRefused(Exception):
+class Refused(Exception):
+    """A request the rules refuse: a status and a message for the person, whatever the format."""
+
     def __init__(self, status: int, message: str, retry_after: int = 0) -> None:
         super().__init__(message)
         self.status = status
@@ -81,21 +83,34 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
 
     async def check_login(self, email: Any, password: Any) -> User:
-        """The user these credentials name, or `LoginRefused` (401, or 429 when throttled)."""
+        """The user these credentials name, or `Refused` (401, or 429 when throttled)."""
         if not isinstance(email, str) or not isinstance(password, str) or not email.strip() or not password:
-            raise LoginRefused(400, "email and password are required")
+            raise Refused(400, "email and password are required")
         address = self.request.remote_ip or ""
         throttle = self.application.login_throttle
         wait = throttle.retry_after(address, email)
         if wait:
-            raise LoginRefused(429, f"too many failed logins; try again in {wait} s", wait)
+            raise Refused(429, f"too many failed logins; try again in {wait} s", wait)
         found = await users.find_by_email(self.db, email)
         user, password_hash = found if found else (None, None)
         if not await passwords.verify_password(password, password_hash, self.config.bcrypt_rounds):
             throttle.failed(address, email)
-            raise LoginRefused(401, "wrong email or password")
+            raise Refused(401, "wrong email or password")
         throttle.succeeded(address, email)
         return user
+
+    async def assign_driver(self, parcel: dict[str, Any], driver_id: Any) -> dict[str, Any]:
+        """Assign (or reassign) the parcel's driver and tell its subscribers; `Refused` 400 or 409."""
+        valid_id = isinstance(driver_id, int) and not isinstance(driver_id, bool)
+        driver = await users.get_user(self.db, driver_id) if valid_id else None
+        if driver is None or driver.role != "driver":
+            raise Refused(400, "driver_id must be a driver's id")
+        try:
+            updated, previous = await parcels.assign_driver(self.db, parcel["_id"], driver.id)
+        except parcels.TransitionRefused as e:
+            raise Refused(409, str(e)) from None
+        self.hub.parcel_changed(updated, previous_driver_id=previous)
+        return updated
 
     def set_login_cookie(self, user: User) -> None:
         self.set_signed_cookie(

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 import tornado.web
 
-from handlers.base import LOGIN_COOKIE, BaseHandler, LoginRefused
+from handlers.base import LOGIN_COOKIE, BaseHandler, Refused
 from models import parcels, users
 from models.access import User, can_view
 from settings import Settings
@@ -203,7 +203,7 @@ class LoginPage(PageHandler):
         target = safe_next(self.get_body_argument("next", ""))
         try:
             user = await self.check_login(email, self.get_body_argument("password", ""))
-        except LoginRefused as e:
+        except Refused as e:
             self.set_status(e.status if e.status == 429 else 200)
             return self.page("login.html", error=e.message, email=email, next=target)
         self.set_login_cookie(user)
@@ -309,14 +309,11 @@ class DispatchAssign(PageHandler):
     async def post(self, parcel_id: str) -> None:
         parcel = await self.visible_parcel(parcel_id)
         raw = self.get_body_argument("driver_id", "")
-        driver = await users.get_user(self.db, int(raw)) if raw.isdigit() else None
-        if driver is None or driver.role != "driver":
-            raise PageError(400, "Choose one of the drivers in the list.")
         try:
-            updated, previous = await parcels.assign_driver(self.db, parcel["_id"], driver.id)
-        except parcels.TransitionRefused as e:
-            raise PageError(409, f"Parcel #{parcel['_id']}: {e}.") from None
-        self.hub.parcel_changed(updated, previous_driver_id=previous)
+            await self.assign_driver(parcel, int(raw) if raw.isdigit() and len(raw) < 19 else None)
+        except Refused as e:
+            message = "Choose one of the drivers in the list." if e.status == 400 else f"Parcel #{parcel['_id']}: {e}."
+            raise PageError(e.status, message) from None
         self.redirect(f"/dispatch?assigned={parcel['_id']}#parcel-{parcel['_id']}")
 
 

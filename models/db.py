@@ -41,7 +41,7 @@ class Database:
         await self.users.create_index("role")
         await self.parcels.create_index([("owner_id", ASCENDING), ("_id", ASCENDING)])
         await self.parcels.create_index([("driver_id", ASCENDING), ("_id", ASCENDING)])
-        await self.locations.create_index([("parcel_id", ASCENDING), ("timestamp", ASCENDING)])
+        await self.locations.create_index([("parcel_id", ASCENDING), ("timestamp", ASCENDING), ("_id", ASCENDING)])
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")

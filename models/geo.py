@@ -16,11 +16,17 @@ def number(value: Any, name: str, low: float, high: float) -> float:
     """A finite number in [low, high]; booleans, strings, NaN and infinities are refused."""
     if value is None:
         raise InvalidLocation(f"{name} is required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidLocation(f"{name} must be a finite number")
+    try:
+        value = float(value)  # an integer too large for a float overflows here
+    except OverflowError:
+        raise InvalidLocation(f"{name} must be a finite number") from None
+    if not math.isfinite(value):
         raise InvalidLocation(f"{name} must be a finite number")
     if not low <= value <= high:
         raise InvalidLocation(f"{name} must be between {low:g} and {high:g}")
-    return float(value)
+    return value
 
 
 def address(value: Any) -> str:
@@ -30,6 +36,10 @@ def address(value: Any) -> str:
         raise InvalidLocation("address must be a string")
     if len(value) > MAX_ADDRESS_LENGTH:
         raise InvalidLocation(f"address must be at most {MAX_ADDRESS_LENGTH} characters")
+    try:
+        value.encode("utf-8")  # JSON allows lone surrogates; the database cannot store them
+    except UnicodeEncodeError:
+        raise InvalidLocation("address must be valid text") from None
     return value.strip()
 
 

@@ -23,7 +23,7 @@ BATCH_SIZE = 100
 
 async def history(db: Database, parcel_id: int) -> list[dict[str, Any]]:
     """The sampled history of a parcel, oldest first."""
-    cursor = db.locations.find({"parcel_id": parcel_id}).sort("timestamp", 1)
+    cursor = db.locations.find({"parcel_id": parcel_id}).sort([("timestamp", 1), ("_id", 1)])
     return [
         {"lat": d["lat"], "lng": d["lng"], "address": d.get("address", ""), "timestamp": iso(d["timestamp"])}
         async for d in cursor

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +44,9 @@ class Server:
         self.args = args
         self.port = port or free_port()
         self.process: subprocess.Popen | None = None
+        # A file, not a pipe: nobody reads a pipe while the server runs, and a full
+        # one would block the server on its next log line.
+        self.log = tempfile.TemporaryFile(mode="w+")
 
     @property
     def url(self) -> str:
@@ -51,12 +55,12 @@ class Server:
     def start(self, timeout: float = 30) -> Server:
         self.process = subprocess.Popen(
             [sys.executable, "app.py", "serve", "--port", str(self.port), *self.args],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.process.stdout.read()}")
+                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.output()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
@@ -71,12 +75,18 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            output, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            output, _ = self.process.communicate()
-            raise AssertionError(f"serve did not stop on SIGTERM:\n{output}") from None
-        return output
+            self.process.wait()
+            raise AssertionError(f"serve did not stop on SIGTERM:\n{self.output()}") from None
+        return self.output()
+
+    def output(self) -> str:
+        """Everything the server has printed so far."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
 
     def api(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
         request = urllib.request.Request(self.url + path, method=method,

@@ -9,11 +9,6 @@ TILE_URL points at the app's own blank tile.
 from __future__ import annotations
 
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,15 +26,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 PASSWORD = "browser-pass"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-READY_TIMEOUT = 30.0
 
 
 class AppServer(Server):
-    """`python app.py serve` in a subprocess, which tests may stop and start again on the same port.
-
-    Unlike `tests.process.Server` it writes its output to a file: a browser test makes
-    hundreds of requests, and an access log nobody reads would fill a pipe and stall it.
-    """
+    """`python app.py serve` in a subprocess, which tests may stop and start again on the same port."""
 
     def __init__(self, mongodb_uri: str, data_dir: Path) -> None:
         env = app_env(
@@ -53,36 +43,6 @@ class AppServer(Server):
         )
         super().__init__(env, "--host", "127.0.0.1", "--data-dir", str(data_dir), "--no-demo")
         self.data_dir = data_dir
-        self.log_path = data_dir / "server.log"
-
-    def start(self) -> AppServer:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "app.py", "serve", "--port", str(self.port), *self.args],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the app did not listen within {READY_TIMEOUT:.0f} s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> str:
-        """SIGTERM, as a process manager would (SIGKILL if it hangs); returns the log so far."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.log_path.read_text()
 
     def cli(self, *args: str) -> str:
         done = run_cli(*args, "--data-dir", str(self.data_dir), env=self.env)
