@@ -30,9 +30,10 @@ from auth.throttle import LoginThrottle
 from handlers import api, pages, tracking
 from handlers.base import ApiNotFound
 from models import demo, geo, parcels, users
-from models.db import Database
+from models.db import Database, DatabaseUnavailable
 from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
+from realtime.broker import BrokerUnavailable
 from realtime.hub import Hub
 from settings import Settings, SettingsError
 
@@ -47,7 +48,7 @@ class Application(tornado.web.Application):
         self.config = config
         self.db = Database(mongodb_uri, config.mongodb_db)
         self.hub = Hub(self.db, SampleWriter(self.db, config.sample_flush_interval),
-                       config.location_sample_every, config.broker_url)
+                       config.location_sample_every, config.broker_url, config.parcel_state_ttl)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
@@ -120,21 +121,29 @@ class Parser(argparse.ArgumentParser):
 
 
 @asynccontextmanager
-async def database(config: Settings) -> AsyncIterator[Database]:
-    """The configured database (the embedded one started or joined as needed)."""
-    embedded = None
-    uri = config.mongodb_uri
-    if not uri:
-        embedded = EmbeddedDatabase(config.data_dir)
-        uri = await asyncio.to_thread(embedded.start)
-    db = Database(uri, config.mongodb_db)
+async def database_uri(config: Settings) -> AsyncIterator[str]:
+    """MONGODB_URI, or the embedded database's (started or joined, and left on the way out)."""
+    if config.mongodb_uri:
+        yield config.mongodb_uri
+        return
+    embedded = EmbeddedDatabase(config.data_dir)
+    uri = await asyncio.to_thread(embedded.start)
     try:
-        await db.ensure_indexes()
-        yield db
+        yield uri
     finally:
-        await db.close()
-        if embedded:
-            await asyncio.to_thread(embedded.stop)
+        await asyncio.to_thread(embedded.stop)
+
+
+@asynccontextmanager
+async def database(config: Settings) -> AsyncIterator[Database]:
+    """The configured database, its indexes in place, for one command."""
+    async with database_uri(config) as uri:
+        db = Database(uri, config.mongodb_db)
+        try:
+            await db.ensure_indexes()
+            yield db
+        finally:
+            await db.close()
 
 
 async def create_user(config: Settings, args: argparse.Namespace) -> None:
@@ -199,42 +208,42 @@ def print_logins() -> None:
 
 async def serve(config: Settings, args: argparse.Namespace) -> None:
     config = config.with_secret()
-    embedded = None
-    uri = config.mongodb_uri
-    if not uri:
-        embedded = EmbeddedDatabase(config.data_dir)
-        uri = await asyncio.to_thread(embedded.start)
-    app = make_app(config, uri)
+    async with database_uri(config) as uri:
+        app = make_app(config, uri)
+        try:
+            await run_server(app, args)
+        finally:
+            await app.stop()
+
+
+async def run_server(app: Application, args: argparse.Namespace) -> None:
+    """Serve until SIGINT or SIGTERM, then close sockets and connections in order."""
+    config = app.config
+    await app.start()
+    if not args.no_demo and await demo.create_demo_data(app.db, config.bcrypt_rounds):
+        log.info("created the demo data")
+    server = tornado.httpserver.HTTPServer(
+        app, xheaders=True, max_body_size=1024 * 1024, idle_connection_timeout=60
+    )
     try:
-        await app.start()
-        if not args.no_demo and await demo.create_demo_data(app.db, config.bcrypt_rounds):
-            log.info("created the demo data")
-        server = tornado.httpserver.HTTPServer(
-            app, xheaders=True, max_body_size=1024 * 1024, idle_connection_timeout=60
-        )
-        try:
-            server.listen(args.port, args.host)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
-        print(f"parcel tracking is running on http://{args.host}:{args.port}/", flush=True)
-        if not args.no_demo:
-            print_logins()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        log.info("stopping")
-        server.stop()
-        app.hub.close_all()
-        try:
-            await asyncio.wait_for(server.close_all_connections(), timeout=5)
-        except TimeoutError:
-            log.warning("some connections did not close within 5 s")
-    finally:
-        await app.stop()
-        if embedded:
-            await asyncio.to_thread(embedded.stop)
+        server.listen(args.port, args.host)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    print(f"parcel tracking is running on http://{args.host}:{args.port}/", flush=True)
+    if not args.no_demo:
+        print_logins()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    server.stop()
+    app.hub.close_all()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=5)
+    except TimeoutError:
+        log.warning("some connections did not close within 5 s")
 
 
 COMMANDS = {"serve": serve, "create-user": create_user, "create-parcel": create_parcel,
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SettingsError) as e:
         print(f"app.py: error: {e}", file=sys.stderr)
         return 2
-    except EmbeddedDatabaseError as e:
+    except (EmbeddedDatabaseError, DatabaseUnavailable, BrokerUnavailable) as e:
         print(f"app.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -44,6 +44,7 @@ class Settings:
     login_max_failures: int = 5
     login_failure_window: int = 300
     sample_flush_interval: float = 0.25
+    parcel_state_ttl: float = 5.0  # see realtime.hub.Hub
     debug: bool = False
 
     @classmethod

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
+MAX_KEYS = 10_000  # past this many, forget the ones whose failures have all expired
+
 
 class LoginThrottle:
     def __init__(self, max_failures: int, window: float) -> None:
@@ -37,6 +39,8 @@ class LoginThrottle:
 
     def failed(self, address: str, email: str) -> None:
         now = time.monotonic()
+        if len(self._failures) > MAX_KEYS:
+            self._failures = {k: t for k, t in self._failures.items() if t and t[-1] > now - self.window}
         for key, _ in self._keys(address, email):
             self._failures.setdefault(key, deque()).append(now)
 

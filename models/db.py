@@ -5,6 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import PyMongoError
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or refuses to set up."""
 
 
 def utcnow() -> datetime:
@@ -36,7 +41,18 @@ class Database:
         self.counters = self.db["counters"]
 
     async def ensure_indexes(self) -> None:
-        """Every query the app makes has an index (the embedded server scans without one)."""
+        """Every query the app makes has an index (the embedded server scans without one).
+
+        This is the first thing every command asks of the database, so an unreachable
+        one is reported here, in one line."""
+        try:
+            await self._create_indexes()
+        except PyMongoError as e:
+            # PyMongo appends its timeouts and topology to the reason: keep the reason.
+            reason = (str(e) or type(e).__name__).splitlines()[0].split(" (configured timeouts")[0]
+            raise DatabaseUnavailable(f"cannot use the database: {reason[:200]}") from None
+
+    async def _create_indexes(self) -> None:
         await self.users.create_index("email", unique=True)  # stored lower-cased
         await self.users.create_index("role")
         await self.parcels.create_index([("owner_id", ASCENDING), ("_id", ASCENDING)])

@@ -20,6 +20,10 @@ Deliver = Callable[[dict[str, Any]], None]
 CHANNEL = "parcel-tracking:events"
 
 
+class BrokerUnavailable(RuntimeError):
+    """BROKER_URL is set but the broker cannot be reached."""
+
+
 class LocalBroker:
     """One process: publishing is delivering."""
 
@@ -46,10 +50,14 @@ class RedisBroker:
         self._deliver = deliver
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._pubsub = None
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(CHANNEL)
+        try:
+            await self._pubsub.subscribe(CHANNEL)
+        except Exception as e:  # redis raises its own ConnectionError, TimeoutError, ...
+            raise BrokerUnavailable(f"cannot reach the broker at BROKER_URL: {e}") from None
         self._tasks = [asyncio.ensure_future(self._listen()), asyncio.ensure_future(self._send())]
 
     def publish(self, event: dict[str, Any]) -> None:
@@ -78,7 +86,8 @@ class RedisBroker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._pubsub.aclose()
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
         await self._redis.aclose()
 
 

@@ -32,16 +32,16 @@ class Subscriber(Protocol):
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
 
-# How long the hub trusts its copy of a parcel's driver and status before it
-# re-reads it, so that a change made by another process (the CLI) still lands.
-STATE_TTL = 5.0
-
-
 class Hub:
-    def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "") -> None:
+    """`state_ttl`: how long the hub trusts its copy of a parcel's driver and status
+    before it re-reads it, so that a change made by another process (the CLI) lands."""
+
+    def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "",
+                 state_ttl: float = 5.0) -> None:
         self.db = db
         self.writer = writer
         self.sample_every = sample_every
+        self.state_ttl = state_ttl
         self.broker = make_broker(broker_url, self._deliver)
         self._subscribers: dict[int, set[Subscriber]] = {}
         self._parcels: dict[int, dict[str, Any]] = {}  # driver_id and status, for per-message checks
@@ -99,9 +99,9 @@ class Hub:
         """What the hub knows of a parcel with subscribers: its driver and status.
 
         Read from memory (this is every message's check); a copy older than
-        STATE_TTL is refreshed from the database in the background."""
+        `state_ttl` is refreshed from the database in the background."""
         state = self._parcels[parcel_id]
-        if time.monotonic() - state["checked"] > STATE_TTL:
+        if time.monotonic() - state["checked"] > self.state_ttl:
             state["checked"] = time.monotonic()
             task = asyncio.ensure_future(self._refresh(parcel_id))
             self._tasks.add(task)
@@ -167,6 +167,12 @@ class Hub:
         state = self._parcels.get(parcel_id)
         if state is not None:
             state.update(driver_id=event["driver_id"], status=event["status"])
+        if event["status"] in parcels.FINISHED:
+            # Its journey is over: keep its final position, and let the hub forget it.
+            if parcel_id in self._unsaved:
+                self._save_unsaved(parcel_id)
+            self._accepted.pop(parcel_id, None)
+            self._latest.pop(parcel_id, None)
         revoked = event.get("revoke_driver_id")
         if revoked is not None:
             self._latest.pop(parcel_id, None)  # the old driver's position is not the parcel's now

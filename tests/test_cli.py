@@ -70,6 +70,17 @@ def test_demo_is_idempotent_and_prints_logins(env):
     assert second.returncode == 0 and "already present" in second.stdout
 
 
+def test_an_unreachable_database_or_broker_is_one_line_and_exit_1(env, tmp_path):
+    nowhere = run_cli("demo", env={**env, "MONGODB_URI": "mongodb://127.0.0.1:1/"})
+    assert nowhere.returncode == 1
+    assert nowhere.stderr.strip() == "app.py: error: cannot use the database: 127.0.0.1:1: [Errno 111] " \
+                                     "Connect call failed ('127.0.0.1', 1)"
+    no_broker = run_cli("serve", "--port", "1", "--no-demo", env={**env, "BROKER_URL": "redis://127.0.0.1:1/0"})
+    assert no_broker.returncode == 1
+    assert len(no_broker.stderr.strip().splitlines()) == 1
+    assert no_broker.stderr.startswith("app.py: error: cannot reach the broker")
+
+
 def test_bad_settings_exit_2(env):
     assert "LOCATION_SAMPLE_EVERY" in refused(run_cli("demo", env={**env, "LOCATION_SAMPLE_EVERY": "often"}))
     assert "BROKER_URL" in refused(run_cli("demo", env={**env, "BROKER_URL": "amqp://x"}))

@@ -1,0 +1,68 @@
+"""The hub's memory of parcels: changes made by another process, and parcels whose journey ended."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import pytest
+
+from tests.conftest import body, recv
+from tests.process import app_env, run_cli
+
+
+@pytest.fixture
+def config(config):
+    return dataclasses.replace(config, parcel_state_ttl=0.2)
+
+
+def location(lat: float) -> str:
+    return json.dumps({"type": "location_update", "lat": lat, "lng": 77.2})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_reassignment_by_the_cli_reaches_the_live_sockets(world, db_server):
+    client = await world.user("client")
+    old, new = await world.user("driver"), await world.user("driver")
+    parcel = await world.parcel(client, old, status="in_transit")
+    watcher = await world.watch(parcel, client)
+    driver = await world.watch(parcel, old)
+
+    # Another process (the CLI) reassigns: this server's hub is not told.
+    env = app_env(MONGODB_URI=db_server, MONGODB_DB=world.app.config.mongodb_db)
+    done = await asyncio.to_thread(run_cli, "assign", str(parcel["_id"]), new.email, env=env)
+    assert done.returncode == 0, done.stderr
+
+    # Once its copy is older than the TTL, the next message makes the hub look again.
+    await asyncio.sleep(world.app.config.parcel_state_ttl + 0.05)
+    driver.write_message(location(28.6))
+    messages = []
+    while (message := await recv(driver)) is not None:
+        messages.append(message)
+    assert messages[-1] == {"type": "error", "message": "you are no longer assigned to this parcel"}
+    assert driver.close_code == 4403
+    seen = [await recv(watcher) for _ in range(2)]
+    assert seen[-1]["type"] == "status" and seen[-1]["status"] == "in_transit"
+
+
+@pytest.mark.gen_test
+async def test_a_delivered_parcel_keeps_the_drivers_final_position(world):
+    client, driver_user = await world.user("client"), await world.user("driver")
+    parcel = await world.parcel(client, driver_user, status="in_transit")
+    driver = await world.watch(parcel, driver_user)
+    for lat in (28.61, 28.62, 28.63):  # fewer than LOCATION_SAMPLE_EVERY: none sampled yet
+        driver.write_message(location(lat))
+        await recv(driver)
+    delivered = await world.api("POST", f"/api/parcels/{parcel['_id']}/status/", driver_user,
+                                body={"status": "delivered"})
+    assert delivered.code == 200
+    assert (await recv(driver))["status"] == "delivered"
+    await world.app.hub.writer.flush()  # the driver is still connected: delivery itself wrote it
+    stored = body(await world.api("GET", f"/api/parcels/{parcel['_id']}/", client))
+    assert stored["last_location"]["lat"] == 28.63
+    history = body(await world.api("GET", f"/api/parcels/{parcel['_id']}/locations/", client))["locations"]
+    assert [p["lat"] for p in history] == [28.63]
+    late = await world.socket(parcel["_id"], world.token(client))
+    assert (await recv(late))["status"] == "delivered"
+    assert (await recv(late))["location"]["lat"] == 28.63  # the snapshot, now from the database
