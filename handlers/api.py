@@ -7,7 +7,7 @@ from typing import Any
 from auth import passwords, tokens
 from handlers.base import ApiError, ApiHandler, Refused
 from models import geo, locations, parcels, users
-from models.access import ROLES, User, can_assign, can_create_users, can_view, may_set_status
+from models.access import ROLES, User, can_assign, can_create_users, may_set_status
 
 
 class TokenHandler(ApiHandler):
@@ -125,8 +125,8 @@ class ParcelHandlerBase(ApiHandler):
     async def visible_parcel(self, parcel_id: str) -> tuple[User, dict[str, Any]]:
         """The caller and the parcel; 404 alike for missing and not-yours, so ids cannot be probed."""
         user = self.require_user()
-        parcel = await parcels.get_parcel(self.db, int(parcel_id))
-        if parcel is None or not can_view(user, parcel):
+        parcel = await self.parcel_if_visible(parcel_id)
+        if parcel is None:
             raise ApiError(404, "no such parcel")
         return user, parcel
 

@@ -15,7 +15,7 @@ import tornado.web
 
 from auth import passwords, tokens
 from models import parcels, users
-from models.access import User
+from models.access import User, can_view
 from models.db import Database
 from realtime.hub import Hub
 from settings import MAX_API_BODY_SIZE, Settings
@@ -98,6 +98,13 @@ class BaseHandler(tornado.web.RequestHandler):
             raise Refused(401, "wrong email or password")
         throttle.succeeded(address, email)
         return user
+
+    async def parcel_if_visible(self, parcel_id: str) -> dict[str, Any] | None:
+        """The parcel if the current user may see it, else None: missing and not-yours look alike."""
+        parcel = await parcels.get_parcel(self.db, int(parcel_id))
+        if parcel is None or self.current_user is None or not can_view(self.current_user, parcel):
+            return None
+        return parcel
 
     async def assign_driver(self, parcel: dict[str, Any], driver_id: Any) -> dict[str, Any]:
         """Assign (or reassign) the parcel's driver and tell its subscribers; `Refused` 400 or 409."""

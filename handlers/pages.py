@@ -19,7 +19,7 @@ import tornado.web
 
 from handlers.base import LOGIN_COOKIE, BaseHandler, Refused
 from models import parcels, users
-from models.access import User, can_view
+from models.access import User
 from settings import Settings
 
 HOME_BY_ROLE = {"client": "/parcels", "driver": "/driver", "dispatcher": "/dispatch"}
@@ -167,8 +167,8 @@ class PageHandler(BaseHandler):
 
     async def visible_parcel(self, parcel_id: str) -> dict[str, Any]:
         """The parcel if this person may see it; one 404 for missing and not-yours alike."""
-        parcel = await parcels.get_parcel(self.db, int(parcel_id))
-        if parcel is None or not can_view(self.current_user, parcel):
+        parcel = await self.parcel_if_visible(parcel_id)
+        if parcel is None:
             raise PageError(404, "There is no such parcel, or it is not yours to see.")
         return parcel
 
