@@ -64,6 +64,13 @@ function frame() {
   withoutUserMove(() => map.fitBounds(L.latLngBounds(points), { padding: [48, 48], maxZoom: 16, animate: false }));
 }
 
+// The view the map settled on, as data-center-lat/-lng and data-zoom on #map (written
+// on every moveend), so browser tests can read it (tests/browser/test_browser_map_view.py).
+map.on("moveend", () => {
+  const center = map.getCenter();
+  Object.assign(map.getContainer().dataset,
+    { centerLat: String(center.lat), centerLng: String(center.lng), zoom: String(map.getZoom()) });
+});
 map.on("zoomstart movestart", () => { if (!programmatic) userMoved = true; });
 map.on("dragstart", () => {
   userMoved = true;
