@@ -52,7 +52,6 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
 
     async def open(self) -> None:
         self._recent: deque[float] = deque()
-        self._sent_location = False
         raw_id = self._argument("parcel_id")
         if not re.fullmatch(r"-?[0-9]+", raw_id):
             return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
@@ -82,7 +81,6 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
             self._authorise_location()
         except protocol.ProtocolError as e:
             return self.send_text(protocol.error(str(e)))
-        self._sent_location = True
         self.hub.publish_location(self.parcel_id, self.user.id, location)
 
     def _authorise_location(self) -> None:
@@ -104,7 +102,7 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
         if self.parcel_id is None:
             return
         self.hub.unsubscribe(self, self.parcel_id)
-        if self._sent_location:
+        if self.user.role == "driver":
             self.hub.driver_left(self.parcel_id, self.user.id)
 
     def _argument(self, name: str) -> str:
