@@ -228,8 +228,8 @@ class ClientParcelsPage(PageHandler):
 
     async def get(self) -> None:
         found = await parcels.list_visible(self.db, self.current_user)
-        names = {u.id: u.name for u in await users.list_users(self.db, "driver")}
-        self.page("parcels.html", parcels=[parcel_view(p, names) for p in found])
+        drivers = await users.get_users(self.db, (p.get("driver_id") for p in found))
+        self.page("parcels.html", parcels=[parcel_view(p, {i: u.name for i, u in drivers.items()}) for p in found])
 
 
 class TrackPage(PageHandler):
@@ -289,10 +289,12 @@ class DispatchPage(PageHandler):
     roles = ("dispatcher",)
 
     async def get(self) -> None:
-        everyone = await users.list_users(self.db)
-        names = {u.id: user_label(u) for u in everyone}
-        drivers = [{"id": u.id, "label": user_label(u)} for u in everyone if u.role == "driver"]
-        rows = [parcel_view(p, names) for p in await parcels.list_visible(self.db, self.current_user)]
+        found = await parcels.list_visible(self.db, self.current_user)
+        all_drivers = await users.list_users(self.db, "driver")
+        owners = await users.get_users(self.db, (p["owner_id"] for p in found))
+        names = {u.id: user_label(u) for u in [*all_drivers, *owners.values()]}
+        drivers = [{"id": u.id, "label": user_label(u)} for u in all_drivers]
+        rows = [parcel_view(p, names) for p in found]
         notice = ""
         assigned = self.get_query_argument("assigned", "")
         done = next((r for r in rows if str(r["id"]) == assigned), None)

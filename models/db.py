@@ -59,9 +59,6 @@ class Database:
         await self.parcels.create_index([("driver_id", ASCENDING), ("_id", ASCENDING)])
         await self.locations.create_index([("parcel_id", ASCENDING), ("timestamp", ASCENDING), ("_id", ASCENDING)])
 
-    async def ping(self) -> None:
-        await self.client.admin.command("ping")
-
     async def next_id(self, sequence: str) -> int:
         """The next integer id of a sequence (users, parcels), atomically."""
         doc = await self.counters.find_one_and_update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -54,6 +55,14 @@ async def find_by_email(db: Database, email: str) -> tuple[User, str] | None:
     return (_user(doc), doc["password_hash"]) if doc else None
 
 
-async def list_users(db: Database, role: str | None = None) -> list[User]:
-    query = {"role": role} if role else {}
-    return [_user(doc) async for doc in db.users.find(query, {"password_hash": 0}).sort("_id", 1)]
+async def get_users(db: Database, user_ids: Iterable[int | None]) -> dict[int, User]:
+    """The users with these ids (None skipped), by id, in one query."""
+    wanted = sorted({i for i in user_ids if i is not None})
+    if not wanted:
+        return {}
+    return {doc["_id"]: _user(doc) async for doc in db.users.find({"_id": {"$in": wanted}}, {"password_hash": 0})}
+
+
+async def list_users(db: Database, role: str) -> list[User]:
+    """Every user with this role (an indexed query)."""
+    return [_user(doc) async for doc in db.users.find({"role": role}, {"password_hash": 0}).sort("_id", 1)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,18 @@ class World:
             snapshot = await recv(ws)
             assert snapshot["type"] == "location_update", snapshot
         return ws
+
+
+def claims(user: User, **changes: Any) -> dict[str, Any]:
+    """The claims of an access token for `user`, with some changed (to forge tokens with)."""
+    now = int(time.time())
+    return {"sub": str(user.id), "role": user.role, "type": "access", "iat": now, "exp": now + 300,
+            "jti": "x" * 32, **changes}
+
+
+def location(lat: float = 28.6139, lng: float = 77.209, **fields: Any) -> str:
+    """A driver's location_update frame."""
+    return json.dumps({"type": "location_update", "lat": lat, "lng": lng, **fields})
 
 
 async def recv(ws: WebSocketClientConnection, within: float = 5.0) -> dict[str, Any] | None:

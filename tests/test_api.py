@@ -9,8 +9,7 @@ import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from models.access import User
-from tests.conftest import PASSWORD, TEST_SECRET, body
+from tests.conftest import PASSWORD, TEST_SECRET, body, claims
 
 
 async def login_token(world, email: str, password: str = PASSWORD):
@@ -93,29 +92,20 @@ async def test_refresh_gives_a_new_access_token_and_refuses_anything_else(world)
         assert r.code == 401 and body(r)["error"]
 
 
-def forged(user: User, **changes) -> str:
-    claims = {"sub": str(user.id), "role": user.role, "type": "access", "iat": int(time.time()),
-              "exp": int(time.time()) + 300, "jti": "x", **changes}
-    return jwt.encode(claims, TEST_SECRET, algorithm="HS256")
-
-
 @pytest.mark.gen_test
 async def test_api_refuses_bad_tokens(world):
     user = await world.user("dispatcher")
     good = world.token(user)
     header, payload, signature = good.split(".")
     tampered = f"{header}.{payload}.{signature[:-4]}AAAA"
-    unsigned = jwt.encode({"sub": str(user.id), "role": "dispatcher", "type": "access",
-                           "iat": int(time.time()), "exp": int(time.time()) + 300}, None, algorithm="none")
+    without_exp = {k: v for k, v in claims(user).items() if k != "exp"}
     cases = {
-        "expired": forged(user, exp=int(time.time()) - 5),
+        "expired": jwt.encode(claims(user, exp=int(time.time()) - 5), TEST_SECRET, algorithm="HS256"),
         "tampered": tampered,
-        "alg none": unsigned,
+        "alg none": jwt.encode(claims(user), None, algorithm="none"),
         "refresh as access": world.token(user, "refresh"),
-        "no exp": jwt.encode({"sub": str(user.id), "role": "dispatcher", "type": "access",
-                              "iat": int(time.time())}, TEST_SECRET, algorithm="HS256"),
-        "other key": jwt.encode({"sub": str(user.id), "role": "dispatcher", "type": "access",
-                                 "iat": 1, "exp": int(time.time()) + 60}, "another-secret-" * 3, algorithm="HS256"),
+        "no exp": jwt.encode(without_exp, TEST_SECRET, algorithm="HS256"),
+        "other key": jwt.encode(claims(user), "another-secret-" * 3, algorithm="HS256"),
     }
     for name, token in cases.items():
         r = await world.api("GET", "/api/me/", headers=bearer(token))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
 import time
@@ -13,6 +12,7 @@ import pytest
 import redis
 from tornado.websocket import websocket_connect
 
+from tests.conftest import location, recv
 from tests.process import Server, app_env, free_port, run_cli
 
 
@@ -40,10 +40,6 @@ def redis_url() -> str:
     process.wait(10)
 
 
-async def read(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.read_message(), 5))
-
-
 def test_two_processes_share_live_updates_status_and_revocation(db_server, redis_url, tmp_path):
     env = app_env(MONGODB_URI=db_server, MONGODB_DB=f"broker_{uuid.uuid4().hex[:10]}", BROKER_URL=redis_url,
                   SECRET_KEY="s" * 48, DATA_DIR=str(tmp_path))
@@ -64,32 +60,32 @@ def test_two_processes_share_live_updates_status_and_revocation(db_server, redis
 
             client = await websocket_connect(url(first, "c"))
             driver = await websocket_connect(url(second, "d"))
-            assert (await read(client))["type"] == (await read(driver))["type"] == "subscribed"
+            assert (await recv(client))["type"] == (await recv(driver))["type"] == "subscribed"
             for lat in (28.61, 28.62, 28.63):
-                driver.write_message(json.dumps({"type": "location_update", "lat": lat, "lng": 77.2}))
-            got = [await read(client) for _ in range(3)]
+                driver.write_message(location(lat, 77.2))
+            got = [await recv(client) for _ in range(3)]
             assert [m["location"]["lat"] for m in got] == [28.61, 28.62, 28.63]
-            assert [(await read(driver))["location"]["lat"] for _ in range(3)] == [28.61, 28.62, 28.63]
-            assert {m["driver_id"] for m in got} == {str(json.loads(run_cli_me(first, tokens["d"]))["id"])}
+            assert [(await recv(driver))["location"]["lat"] for _ in range(3)] == [28.61, 28.62, 28.63]
+            assert {m["driver_id"] for m in got} == {str(me(first, tokens["d"])["id"])}
 
             # A late viewer on the first process gets the snapshot the second process produced.
             late = await websocket_connect(url(first, "c"))
-            assert (await read(late))["type"] == "subscribed"
-            assert (await read(late))["location"]["lat"] == 28.63
+            assert (await recv(late))["type"] == "subscribed"
+            assert (await recv(late))["location"]["lat"] == 28.63
 
             status, _ = await asyncio.to_thread(first.api, "POST", f"/api/parcels/{parcel_id}/status/", tokens["d"],
                                                 {"status": "picked_up"})
             assert status == 200
-            assert (await read(driver)) | {"timestamp": None} == {
+            assert (await recv(driver)) | {"timestamp": None} == {
                 "type": "status", "parcel_id": parcel_id, "status": "picked_up", "timestamp": None}
 
-            new_driver = json.loads(run_cli_me(first, tokens["e"]))["id"]
+            new_driver = me(first, tokens["e"])["id"]
             status, _ = await asyncio.to_thread(first.api, "POST", f"/api/parcels/{parcel_id}/assign/", tokens["x"],
                                                 {"driver_id": new_driver})
             assert status == 200
-            assert (await read(driver))["type"] == "error"
+            assert (await recv(driver))["type"] == "error"
             assert await asyncio.wait_for(driver.read_message(), 5) is None and driver.close_code == 4403
-            assert (await read(client))["type"] == "status"
+            assert (await recv(client))["type"] == "status"
             for ws in (client, late):
                 ws.close()
 
@@ -99,7 +95,7 @@ def test_two_processes_share_live_updates_status_and_revocation(db_server, redis
     assert not any("Traceback" in output for output in outputs), outputs
 
 
-def run_cli_me(server: Server, token: str) -> str:
-    status, me = server.api("GET", "/api/me/", token)
+def me(server: Server, token: str) -> dict:
+    status, answer = server.api("GET", "/api/me/", token)
     assert status == 200
-    return json.dumps(me)
+    return answer

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 
 import pytest
 
-from tests.conftest import body, recv
+from tests.conftest import body, location, recv
 from tests.process import app_env, run_cli
 
 
 @pytest.fixture
 def config(config):
     return dataclasses.replace(config, parcel_state_ttl=0.2)
-
-
-def location(lat: float) -> str:
-    return json.dumps({"type": "location_update", "lat": lat, "lng": 77.2})
 
 
 @pytest.mark.gen_test(timeout=30)

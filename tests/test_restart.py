@@ -9,6 +9,7 @@ import os
 from tornado.websocket import websocket_connect
 
 from models.embedded import EmbeddedDatabase, _alive, _ping
+from tests.conftest import location
 from tests.process import Server, app_env, run_cli
 
 
@@ -46,7 +47,7 @@ def test_restart_keeps_users_parcels_and_the_last_location(tmp_path):
                                          f"&token={driver_token}")
             assert json.loads(await asyncio.wait_for(ws.read_message(), 5))["type"] == "subscribed"
             for lat in (28.61, 28.62, 28.63):  # fewer than LOCATION_SAMPLE_EVERY: none sampled yet
-                ws.write_message(json.dumps({"type": "location_update", "lat": lat, "lng": 77.2, "address": "Ring Rd"}))
+                ws.write_message(location(lat, 77.2, address="Ring Rd"))
                 await asyncio.wait_for(ws.read_message(), 5)
             ws.close()  # the phone drops off: its latest update must still be kept
 

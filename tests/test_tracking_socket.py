@@ -34,7 +34,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app import make_app
 from models.access import User
-from tests.conftest import TEST_SECRET, World, body, recv
+from tests.conftest import TEST_SECRET, World, body, claims, location, recv
 
 ISO_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 QUIET = 0.3  # seconds: how long "nothing arrives" waits (everything else here answers within milliseconds)
@@ -75,11 +75,6 @@ class Scene:
 async def scene(world: World, status: str = "in_transit") -> Scene:
     client, driver, dispatcher = [await world.user(role) for role in ("client", "driver", "dispatcher")]
     return Scene(client, driver, dispatcher, await world.parcel(client, driver, status=status))
-
-
-def location(lat: float = 28.6139, lng: float = 77.209, **fields: Any) -> str:
-    """A driver's location_update frame."""
-    return json.dumps({"type": "location_update", "lat": lat, "lng": lng, **fields})
 
 
 # -- observing ---------------------------------------------------------------------------
@@ -220,13 +215,6 @@ async def test_missing_or_malformed_parcel_id_is_refused_with_4400(world, parcel
     assert "parcel_id" in message
 
 
-def forged(user: User, **changes: Any) -> dict[str, Any]:
-    """The claims of an access token for `user`, with some changed."""
-    now = int(time.time())
-    return {"sub": str(user.id), "role": user.role, "type": "access", "iat": now, "exp": now + 300,
-            "jti": "x" * 32, **changes}
-
-
 def tampered_signature(token: str) -> str:
     header, payload, signature = token.split(".")
     return ".".join([header, payload, ("B" if signature[0] == "A" else "A") + signature[1:]])
@@ -248,10 +236,10 @@ BAD_TOKENS: dict[str, Callable[[World, User], str | None]] = {
     "expired": lambda world, user: world.token(user, ttl=-5),
     "signature changed": lambda world, user: tampered_signature(world.token(user)),
     "payload changed": lambda world, user: escalated(world.token(user)),
-    "wrong key": lambda world, user: jwt.encode(forged(user), "another-secret-" + "y" * 40, algorithm="HS256"),
-    "alg none": lambda world, user: jwt.encode(forged(user), key=None, algorithm="none"),
-    "alg HS512": lambda world, user: jwt.encode(forged(user), TEST_SECRET, algorithm="HS512"),
-    "no exp": lambda world, user: jwt.encode({k: v for k, v in forged(user).items() if k != "exp"}, TEST_SECRET),
+    "wrong key": lambda world, user: jwt.encode(claims(user), "another-secret-" + "y" * 40, algorithm="HS256"),
+    "alg none": lambda world, user: jwt.encode(claims(user), key=None, algorithm="none"),
+    "alg HS512": lambda world, user: jwt.encode(claims(user), TEST_SECRET, algorithm="HS512"),
+    "no exp": lambda world, user: jwt.encode({k: v for k, v in claims(user).items() if k != "exp"}, TEST_SECRET),
     "refresh token": lambda world, user: world.token(user, "refresh"),
     "not UTF-8": lambda world, user: world.token(user) + "%ff",
 }

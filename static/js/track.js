@@ -194,12 +194,11 @@ function onLocation(location, message) {
 
 if (parcel.last_location) {
   const last = parcel.last_location;
-  driverMarker = marker("driver", [last.lat, last.lng], "Driver", { zIndexOffset: 1000 }).addTo(map);
-  place(last.lat, last.lng);
+  moveDriver(last.lat, last.lng); // the first position: adds the truck and frames all three
   showPosition(last, last.timestamp);
-  framed = true;
+} else {
+  frame(); // pickup and destination now; the driver joins the frame when it first appears
 }
-frame();
 drawRoute();
 everySecond(tick);
 

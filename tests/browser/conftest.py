@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from tests.process import ROOT, Server, app_env, run_cli
 
@@ -160,6 +160,11 @@ def sessions(browser: Browser, server: AppServer) -> Iterator[Any]:
     yield open_session
     for session in made:
         session.close()
+
+
+def truck(page: Page) -> Locator:
+    """The driver's marker on a live map."""
+    return page.locator(".marker-driver")
 
 
 def screenshot(page: Page, name: str) -> Path:

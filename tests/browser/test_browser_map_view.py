@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
+from tests.browser.conftest import truck
+
 P1 = {"latitude": 28.6, "longitude": 77.21, "accuracy": 8}
 P2 = {"latitude": 28.59, "longitude": 77.22, "accuracy": 8}
 P3 = {"latitude": 28.58, "longitude": 77.21, "accuracy": 8}
@@ -71,10 +73,6 @@ def from_middle(page: Page, thing: Locator) -> tuple[float, float]:
 
 def assert_same_place(a: tuple[float, float], b: tuple[float, float]) -> None:
     assert abs(a[0] - b[0]) <= PIXEL and abs(a[1] - b[1]) <= PIXEL, (a, b)
-
-
-def truck(page: Page) -> Locator:
-    return page.locator(".marker-driver")
 
 
 def truck_at(page: Page, position: dict[str, float]) -> None:

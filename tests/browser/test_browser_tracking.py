@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import screenshot, truck
 
 DRIVER_START = {"latitude": 28.6, "longitude": 77.2, "accuracy": 8}
 DRIVER_NEXT = {"latitude": 28.59, "longitude": 77.21, "accuracy": 8}
@@ -54,10 +54,6 @@ def people(data):
 
 def pill(page: Page):
     return page.locator("#connection-text")
-
-
-def truck(page: Page):
-    return page.locator(".marker-driver")
 
 
 def open_map(sessions, email: str, parcel_id: int, capture_sockets: bool = False):
