@@ -21,8 +21,10 @@ from typing import NoReturn
 
 import jinja2
 import tornado.httpserver
+import tornado.ioloop
 import tornado.log
 import tornado.web
+from pymongo.errors import PyMongoError
 
 import settings as settings_module
 from auth import passwords
@@ -46,9 +48,11 @@ class Application(tornado.web.Application):
 
     def __init__(self, config: Settings, mongodb_uri: str) -> None:
         self.config = config
-        self.db = Database(mongodb_uri, config.mongodb_db)
-        self.hub = Hub(self.db, SampleWriter(self.db, config.sample_flush_interval),
-                       config.location_sample_every, config.broker_url, config.parcel_state_ttl)
+        self.db = Database(mongodb_uri, config.mongodb_db, config.location_retention_days)
+        writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max)
+        self.hub = Hub(self.db, writer, config.location_sample_every, config.broker_url, config.parcel_state_ttl,
+                       config.shutdown_timeout)
+        self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
@@ -86,10 +90,21 @@ class Application(tornado.web.Application):
     async def start(self) -> None:
         await self.db.ensure_indexes()
         await self.hub.start()
+        await self.prune_locations()
+        self.retention.start()
 
     async def stop(self) -> None:
+        self.retention.stop()
         await self.hub.stop()
         await self.db.close()
+
+    async def prune_locations(self) -> None:
+        """Delete samples past LOCATION_RETENTION_DAYS (one indexed delete; see models.db)."""
+        try:
+            if deleted := await self.db.prune_locations():
+                log.info("deleted %d location samples past their retention", deleted)
+        except PyMongoError as e:
+            log.warning("could not delete old location samples: %s", e)
 
 
 def make_app(config: Settings, mongodb_uri: str | None = None) -> Application:

@@ -44,6 +44,10 @@ class Settings:
     login_max_failures: int = 5
     login_failure_window: int = 300
     sample_flush_interval: float = 0.25
+    sample_queue_max: int = 100_000
+    location_retention_days: int = 90
+    retention_interval: float = 3600.0  # seconds between two passes deleting expired samples
+    shutdown_timeout: float = 8.0  # seconds SIGTERM may spend writing what is queued
     parcel_state_ttl: float = 5.0  # see realtime.hub.Hub
     debug: bool = False
 
@@ -65,6 +69,8 @@ class Settings:
             access_token_ttl=_positive_int(env, "ACCESS_TOKEN_TTL", 900),
             refresh_token_ttl=_positive_int(env, "REFRESH_TOKEN_TTL", 604800),
             bcrypt_rounds=_positive_int(env, "BCRYPT_ROUNDS", 12),
+            sample_queue_max=_positive_int(env, "SAMPLE_QUEUE_MAX", 100_000),
+            location_retention_days=_positive_int(env, "LOCATION_RETENTION_DAYS", 90),
             debug=env.get("DEBUG", "") in ("1", "true", "yes"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from auth import passwords, tokens
-from handlers.base import ApiError, ApiHandler, Refused
+from handlers.base import ApiHandler, Refused
 from models import geo, locations, parcels, users
 from models.access import ROLES, User, can_assign, can_create_users, may_set_status
+from models.db import MAX_ID, iso
 
 
 class TokenHandler(ApiHandler):
@@ -18,11 +20,7 @@ class TokenHandler(ApiHandler):
 
     async def post(self) -> None:
         body = self.json_body()
-        try:
-            user = await self.check_login(body.get("email"), body.get("password"))
-        except Refused as e:
-            retry = {"Retry-After": str(e.retry_after)} if e.retry_after else {}
-            raise ApiError(e.status, e.message, retry) from None
+        user = await self.check_login(body.get("email"), body.get("password"))
         secret = self.config.secret_key
         self.send({
             "access": tokens.issue(user, "access", self.config.access_token_ttl, secret),
@@ -39,14 +37,14 @@ class RefreshHandler(ApiHandler):
     async def post(self) -> None:
         refresh = self.json_body().get("refresh")
         if not isinstance(refresh, str):
-            raise ApiError(401, "a refresh token is required")
+            raise Refused(401, "a refresh token is required")
         try:
             claimed = tokens.verify(refresh, "refresh", self.config.secret_key)
         except tokens.TokenError as e:
-            raise ApiError(401, str(e)) from None
+            raise Refused(401, str(e)) from None
         user = await users.get_user(self.db, claimed.id)
         if user is None:
-            raise ApiError(401, "the token's user no longer exists")
+            raise Refused(401, "the token's user no longer exists")
         self.send({"access": tokens.issue(user, "access", self.config.access_token_ttl, self.config.secret_key)})
 
 
@@ -55,7 +53,7 @@ class SocketTokenHandler(ApiHandler):
 
     async def get(self) -> None:
         if self.get_signed_cookie("user") is None or self.current_user is None:
-            raise ApiError(401, "log in to get a socket token")
+            raise Refused(401, "log in to get a socket token")
         token = tokens.issue(self.current_user, "access", self.config.ws_token_ttl, self.config.secret_key)
         self.send({"access": token})
 
@@ -70,24 +68,24 @@ class UsersHandler(ApiHandler):
 
     async def post(self) -> None:
         if not can_create_users(self.require_user()):
-            raise ApiError(403, "only a dispatcher can create users")
+            raise Refused(403, "only a dispatcher can create users")
         body = self.json_body()
         email, password, role, name = (body.get(k) for k in ("email", "password", "role", "name"))
         if not isinstance(email, str) or "@" not in email or len(email) > 254:
-            raise ApiError(400, "email must be an email address")
+            raise Refused(400, "email must be an email address")
         if not isinstance(password, str) or (problem := passwords.check_length(password)):
-            raise ApiError(400, problem if isinstance(password, str) else "password is required")
+            raise Refused(400, problem if isinstance(password, str) else "password is required")
         if role not in ROLES:
-            raise ApiError(400, f"role must be one of {', '.join(ROLES)}")
+            raise Refused(400, f"role must be one of {', '.join(ROLES)}")
         if name is not None and (not isinstance(name, str) or len(name) > 100):
-            raise ApiError(400, "name must be text of at most 100 characters")
+            raise Refused(400, "name must be text of at most 100 characters")
         password_hash = await passwords.hash_password(password, self.config.bcrypt_rounds)
         try:
             user = await users.create_user(
                 self.db, email=email, password_hash=password_hash, role=role, name=name or ""
             )
         except users.EmailTaken:
-            raise ApiError(409, "a user with that email exists already") from None
+            raise Refused(409, "a user with that email exists already") from None
         self.send(user.public(), status=201)
 
 
@@ -95,8 +93,30 @@ class ParcelsHandler(ApiHandler):
     """GET: the parcels the caller may see. POST: a client or dispatcher creates one."""
 
     async def get(self) -> None:
-        found = await parcels.list_visible(self.db, self.require_user())
-        self.send([parcels.public(p) for p in found])
+        user = self.require_user()
+        limit = self.int_argument("limit", 100, 1, parcels.MAX_PAGE)
+        before = self.int_argument("before", None, 1, MAX_ID)
+        page = await parcels.list_visible(self.db, user, limit=limit, before=before, statuses=self.statuses())
+        if page.next_before is not None:
+            self.set_next_link(before=page.next_before)
+        self.send([parcels.public(p) for p in page.parcels])
+
+    def statuses(self) -> tuple[str, ...] | None:
+        """`status=a,b` or `active=1` (not both); None: every status."""
+        raw = self.get_query_argument("status", "").strip()
+        active = self.get_query_argument("active", "").strip()
+        if active and active not in ("1", "true"):
+            raise Refused(400, "active must be 1")
+        if raw and active:
+            raise Refused(400, "give status or active, not both")
+        if active:
+            return parcels.ACTIVE
+        if not raw:
+            return None
+        wanted = tuple(dict.fromkeys(s.strip() for s in raw.split(",")))
+        if unknown := [s for s in wanted if s not in parcels.STATUSES]:
+            raise Refused(400, f"unknown status {unknown[0][:40]!r}; one of {', '.join(parcels.STATUSES)}")
+        return wanted
 
     async def post(self) -> None:
         user = self.require_user()
@@ -106,17 +126,17 @@ class ParcelsHandler(ApiHandler):
         elif user.role == "dispatcher":
             owner_id = body.get("owner_id")
             if isinstance(owner_id, bool) or not isinstance(owner_id, int):
-                raise ApiError(400, "owner_id (a client's id) is required")
+                raise Refused(400, "owner_id (a client's id) is required")
             owner = await users.get_user(self.db, owner_id)
             if owner is None or owner.role != "client":
-                raise ApiError(400, "owner_id must be a client's id")
+                raise Refused(400, "owner_id must be a client's id")
         else:
-            raise ApiError(403, "drivers cannot create parcels")
+            raise Refused(403, "drivers cannot create parcels")
         try:
             pickup = geo.point(body.get("pickup"), "pickup")
             destination = geo.point(body.get("destination"), "destination")
         except geo.InvalidLocation as e:
-            raise ApiError(400, str(e)) from None
+            raise Refused(400, str(e)) from None
         parcel = await parcels.create_parcel(self.db, owner_id=owner_id, pickup=pickup, destination=destination)
         self.send(parcels.public(parcel), status=201)
 
@@ -127,7 +147,7 @@ class ParcelHandlerBase(ApiHandler):
         user = self.require_user()
         parcel = await self.parcel_if_visible(parcel_id)
         if parcel is None:
-            raise ApiError(404, "no such parcel")
+            raise Refused(404, "no such parcel")
         return user, parcel
 
 
@@ -143,11 +163,8 @@ class AssignHandler(ParcelHandlerBase):
     async def post(self, parcel_id: str) -> None:
         user, parcel = await self.visible_parcel(parcel_id)
         if not can_assign(user):
-            raise ApiError(403, "only a dispatcher can assign drivers")
-        try:
-            updated = await self.assign_driver(parcel, self.json_body().get("driver_id"))
-        except Refused as e:
-            raise ApiError(e.status, e.message) from None
+            raise Refused(403, "only a dispatcher can assign drivers")
+        updated = await self.assign_driver(parcel, self.json_body().get("driver_id"))
         self.send(parcels.public(updated))
 
 
@@ -158,13 +175,13 @@ class StatusHandler(ParcelHandlerBase):
         user, parcel = await self.visible_parcel(parcel_id)
         status = self.json_body().get("status")
         if status not in parcels.STATUSES:
-            raise ApiError(400, f"status must be one of {', '.join(parcels.STATUSES)}")
+            raise Refused(400, f"status must be one of {', '.join(parcels.STATUSES)}")
         if not may_set_status(user, parcel, status):
-            raise ApiError(403, "you may not change this parcel's status")
+            raise Refused(403, "you may not change this parcel's status")
         try:
             updated = await parcels.set_status(self.db, parcel["_id"], status)
         except parcels.TransitionRefused as e:
-            raise ApiError(409, str(e)) from None
+            raise Refused(409, str(e)) from None
         self.hub.parcel_changed(updated)
         self.send(parcels.public(updated))
 
@@ -172,4 +189,18 @@ class StatusHandler(ParcelHandlerBase):
 class LocationsHandler(ParcelHandlerBase):
     async def get(self, parcel_id: str) -> None:
         _, parcel = await self.visible_parcel(parcel_id)
-        self.send({"locations": await locations.history(self.db, parcel["_id"])})
+        limit = self.int_argument("limit", 1000, 1, locations.MAX_HISTORY_PAGE)
+        page = await locations.history(self.db, parcel, since=self.since(), limit=limit)
+        if page.next_since is not None:
+            self.set_next_link(since=iso(page.next_since))
+        self.send({"locations": page.locations})
+
+    def since(self) -> datetime | None:
+        raw = self.get_query_argument("since", "").strip()
+        if not raw:
+            return None
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise Refused(400, "since must be an ISO 8601 timestamp, like 2026-01-08T10:15:30.123Z") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import tornado.web
 
@@ -23,23 +24,18 @@ from settings import MAX_API_BODY_SIZE, Settings
 LOGIN_COOKIE = "user"
 
 
-class Refused(Exception):
-    """A request the rules refuse: a status and a message for the person, whatever the format."""
+class Refused(tornado.web.HTTPError):
+    """A request the rules refuse: a status and a message for the person. The one
+    exception for it: the API's `write_error` renders it as `{"error": ...}`, the pages'
+    as a page (with `Retry-After` when there is a wait)."""
 
     def __init__(self, status: int, message: str, retry_after: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(status)
         self.message = message
         self.retry_after = retry_after
 
-
-class ApiError(tornado.web.HTTPError):
-    """An API failure whose message the caller reads in `{"error": ...}`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.message = message
-        self.headers = headers or {}
+    def __str__(self) -> str:
+        return self.message
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -119,6 +115,22 @@ class BaseHandler(tornado.web.RequestHandler):
         self.hub.parcel_changed(updated, previous_driver_id=previous)
         return updated
 
+    def int_argument(self, name: str, default: int | None, low: int, high: int) -> int | None:
+        """A whole-number query argument within [low, high]; `Refused` 400 otherwise."""
+        raw = self.get_query_argument(name, "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise Refused(400, f"{name} must be a whole number from {low} to {high}")
+        return int(raw)
+
+    def set_next_link(self, **changes: Any) -> None:
+        """The RFC 8288 `Link` to the next page: this URL with some query arguments changed."""
+        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k not in changes]
+        query += [(k, str(v)) for k, v in changes.items()]
+        url = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(query)}"
+        self.set_header("Link", f'<{url}>; rel="next"')
+
     def set_login_cookie(self, user: User) -> None:
         self.set_signed_cookie(
             LOGIN_COOKIE, str(user.id),
@@ -150,21 +162,21 @@ class ApiHandler(BaseHandler):
     async def prepare(self) -> None:
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > MAX_API_BODY_SIZE:
-            raise ApiError(413, "the request body is too large")
+            raise Refused(413, "the request body is too large")
         await super().prepare()
 
     def require_user(self) -> User:
         if self.current_user is None:
-            raise ApiError(401, self.token_error or "authentication is required")
+            raise Refused(401, self.token_error or "authentication is required")
         return self.current_user
 
     def json_body(self) -> dict[str, Any]:
         try:
             body = json.loads(self.request.body or b"null")
         except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "the body is not valid JSON") from None
+            raise Refused(400, "the body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object")
+            raise Refused(400, "the body must be a JSON object")
         return body
 
     def send(self, body: dict[str, Any] | list[Any], status: int = 200) -> None:
@@ -175,10 +187,9 @@ class ApiHandler(BaseHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
+        retry_after(self, exc)
+        if isinstance(exc, Refused):
             reason = exc.message
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             reason = exc.log_message % exc.args if exc.args else exc.log_message
         else:
@@ -189,6 +200,12 @@ class ApiHandler(BaseHandler):
         self.finish(json.dumps({"error": reason}))
 
 
+def retry_after(handler: tornado.web.RequestHandler, exc: BaseException | None) -> None:
+    """A refusal that names a wait tells the client when to come back."""
+    if isinstance(exc, Refused) and exc.retry_after:
+        handler.set_header("Retry-After", str(exc.retry_after))
+
+
 class ApiNotFound(ApiHandler):
     async def prepare(self) -> None:
-        raise ApiError(404, "no such API endpoint")
+        raise Refused(404, "no such API endpoint")

@@ -15,11 +15,10 @@ import re
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import tornado.web
-
-from handlers.base import LOGIN_COOKIE, BaseHandler, Refused
+from handlers.base import LOGIN_COOKIE, BaseHandler, Refused, retry_after
 from models import parcels, users
 from models.access import User
+from models.db import MAX_ID
 from settings import Settings
 
 HOME_BY_ROLE = {"client": "/parcels", "driver": "/driver", "dispatcher": "/dispatch"}
@@ -37,18 +36,20 @@ STATUS_LABELS = {
     "delivered": "Delivered",
     "cancelled": "Cancelled",
 }
+PAGE_SIZE = 50
+RECENT_FINISHED = 20  # finished parcels the driver's page lists
+# The dispatch page's status filter: value → (label, the statuses it shows: None for all of them).
+DISPATCH_FILTER_LABELS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "": ("Active first", None),
+    "active": ("Active only", parcels.ACTIVE),
+    "all": ("All, newest first", None),
+    **{s: (label, (s,)) for s, label in STATUS_LABELS.items()},
+}
+DISPATCH_FILTERS = {value: statuses for value, (_, statuses) in DISPATCH_FILTER_LABELS.items()}
 # The steps a driver takes from their page, in order, with the button's text.
 DRIVER_STEPS = (("picked_up", "Picked up"), ("in_transit", "In transit"), ("delivered", "Delivered"))
 ERROR_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed", 409: "Not possible now"}
 HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
-
-
-class PageError(tornado.web.HTTPError):
-    """A failure shown to the person as a page with this message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status)
-        self.message = message
 
 
 def safe_next(target: str) -> str:
@@ -123,6 +124,11 @@ def parcel_view(parcel: dict[str, Any], names: dict[int, str] | None = None) -> 
     }
 
 
+def page_url(path: str, **arguments: Any) -> str:
+    """A link to another page of a list: this path with these query arguments (empty ones left out)."""
+    return path + "?" + urlencode({k: v for k, v in arguments.items() if v not in ("", None)})
+
+
 def user_label(user: User) -> str:
     return f"{user.name} ({user.email})" if user.name else user.email
 
@@ -148,11 +154,11 @@ class PageHandler(BaseHandler):
         user = self.current_user
         if user is None:
             if self.request.method not in ("GET", "HEAD"):
-                raise PageError(403, "Your session has ended. Log in again, then try once more.")
+                raise Refused(403, "Your session has ended. Log in again, then try once more.")
             return self.redirect(self.get_login_url() + "?" + urlencode({"next": self.request.uri}))
         if self.roles and user.role not in self.roles:
             wanted = " and ".join(ROLE_PLURALS[r] for r in self.roles)
-            raise PageError(403, f"This page is for {wanted}. You are logged in as a {user.role}.")
+            raise Refused(403, f"This page is for {wanted}. You are logged in as a {user.role}.")
 
     def page(self, template: str, **context: Any) -> None:
         """Render a page with the layout's context (navigation, the person's home)."""
@@ -169,12 +175,13 @@ class PageHandler(BaseHandler):
         """The parcel if this person may see it; one 404 for missing and not-yours alike."""
         parcel = await self.parcel_if_visible(parcel_id)
         if parcel is None:
-            raise PageError(404, "There is no such parcel, or it is not yours to see.")
+            raise Refused(404, "There is no such parcel, or it is not yours to see.")
         return parcel
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, PageError):
+        retry_after(self, exc)
+        if isinstance(exc, Refused):
             message = exc.message
         elif status_code == 403 and "xsrf" in str(getattr(exc, "log_message", "") or "").lower():
             message = "This form has expired. Go back, reload the page and try again."
@@ -204,7 +211,7 @@ class LoginPage(PageHandler):
         try:
             user = await self.check_login(email, self.get_body_argument("password", ""))
         except Refused as e:
-            self.set_status(e.status if e.status == 429 else 200)
+            self.set_status(e.status_code if e.status_code == 429 else 200)
             return self.page("login.html", error=e.message, email=email, next=target)
         self.set_login_cookie(user)
         self.redirect(target or HOME_BY_ROLE[user.role])
@@ -227,9 +234,13 @@ class ClientParcelsPage(PageHandler):
     roles = ("client",)
 
     async def get(self) -> None:
-        found = await parcels.list_visible(self.db, self.current_user)
-        drivers = await users.get_users(self.db, (p.get("driver_id") for p in found))
-        self.page("parcels.html", parcels=[parcel_view(p, {i: u.name for i, u in drivers.items()}) for p in found])
+        before = self.int_argument("before", None, 1, MAX_ID)
+        page = await parcels.list_visible(self.db, self.current_user, limit=PAGE_SIZE, before=before)
+        drivers = await users.get_users(self.db, (p.get("driver_id") for p in page.parcels))
+        names = {i: u.name for i, u in drivers.items()}
+        self.page("parcels.html", parcels=[parcel_view(p, names) for p in page.parcels],
+                  older=page.next_before and page_url(self.request.path, before=page.next_before),
+                  first=bool(before))
 
 
 class TrackPage(PageHandler):
@@ -253,13 +264,16 @@ class TrackPage(PageHandler):
 
 
 class DriverParcelsPage(PageHandler):
+    """The driver's route: every active parcel, oldest first, and the latest finished ones."""
+
     roles = ("driver",)
 
     async def get(self) -> None:
-        found = await parcels.list_visible(self.db, self.current_user)
-        views = [parcel_view(p) for p in found]
-        self.page("driver.html", active=[v for v in views if not v["finished"]],
-                  finished=[v for v in views if v["finished"]])
+        active = await parcels.active_for_driver(self.db, self.current_user.id)
+        finished = await parcels.find_page(self.db, {"driver_id": self.current_user.id}, limit=RECENT_FINISHED,
+                                           statuses=sorted(parcels.FINISHED))
+        self.page("driver.html", active=[parcel_view(p) for p in active],
+                  finished=[parcel_view(p) for p in finished.parcels])
 
 
 class DriverParcelPage(PageHandler):
@@ -284,38 +298,86 @@ class DriverParcelPage(PageHandler):
 
 
 class DispatchPage(PageHandler):
-    """Every parcel with its owner, driver and status; a driver picker per parcel."""
+    """Parcels 50 a page, active ones first, with a status filter and a search by parcel id
+    or by a client's or driver's e-mail; a driver picker on each unfinished parcel."""
 
     roles = ("dispatcher",)
 
     async def get(self) -> None:
-        found = await parcels.list_visible(self.db, self.current_user)
-        all_drivers = await users.list_users(self.db, "driver")
-        owners = await users.get_users(self.db, (p["owner_id"] for p in found))
-        names = {u.id: user_label(u) for u in [*all_drivers, *owners.values()]}
-        drivers = [{"id": u.id, "label": user_label(u)} for u in all_drivers]
-        rows = [parcel_view(p, names) for p in found]
-        notice = ""
+        shown = self.get_query_argument("status", "")
+        if shown not in DISPATCH_FILTERS:
+            raise Refused(400, "Choose one of the filters in the list.")
+        search = self.get_query_argument("q", "").strip()[:254]
+        before = self.int_argument("before", None, 1, MAX_ID)
+        later_part = self.get_query_argument("part", "")
+        scope, problem = await self.search_scope(search)
+        rows: list[dict[str, Any]] = []
+        later: dict[str, Any] | None = None
+        if scope is not None and search.isdigit():
+            found = await parcels.get_parcel(self.db, int(search)) if len(search) < 19 else None
+            wanted = DISPATCH_FILTERS[shown]
+            rows = [found] if found and (wanted is None or found["status"] in wanted) else []
+        elif scope is not None and shown:
+            page = await parcels.find_page(self.db, scope, limit=PAGE_SIZE, before=before,
+                                           statuses=DISPATCH_FILTERS[shown])
+            rows, later = page.parcels, page.next_before and {"before": page.next_before}
+        elif scope is not None:
+            finished = later_part == "finished"
+            rows, cursor = await parcels.active_first(self.db, scope, limit=PAGE_SIZE, before=before,
+                                                      finished=finished)
+            later = cursor and {"part": "finished" if cursor.finished else "", "before": cursor.before}
+        names = await self.names(rows)
+        drivers = await users.list_users(self.db, "driver")
+        self.page(
+            "dispatch.html",
+            parcels=[parcel_view(p, names) for p in rows],
+            drivers=[{"email": u.email, "label": u.name} for u in drivers],
+            filters=[(value, label) for value, (label, _) in DISPATCH_FILTER_LABELS.items()],
+            shown=shown, search=search, problem=problem,
+            later=later and page_url(self.request.path, status=shown, q=search, **later),
+            first=page_url(self.request.path, status=shown, q=search) if before or later_part else None,
+            notice=await self.assigned_notice(),
+        )
+
+    async def search_scope(self, search: str) -> tuple[dict[str, Any] | None, str]:
+        """Which parcels a search names: everyone's ({}), a client's or a driver's; None and
+        a message when it names nobody."""
+        if not search or search.isdigit():
+            return {}, ""
+        found = await users.find_by_email(self.db, search)
+        user = found[0] if found else None
+        if user is None or user.role == "dispatcher":
+            return None, f"No client or driver has the e-mail {search}. Search by parcel number or by e-mail."
+        return ({"owner_id": user.id} if user.role == "client" else {"driver_id": user.id}), ""
+
+    async def names(self, rows: list[dict[str, Any]]) -> dict[int, str]:
+        people = await users.get_users(self.db, [*(p["owner_id"] for p in rows), *(p.get("driver_id") for p in rows)])
+        return {i: user_label(u) for i, u in people.items()}
+
+    async def assigned_notice(self) -> str:
         assigned = self.get_query_argument("assigned", "")
-        done = next((r for r in rows if str(r["id"]) == assigned), None)
-        if done is not None and done["driver"]:
-            notice = f"Parcel #{done['id']} is now assigned to {done['driver']}."
-        self.page("dispatch.html", parcels=rows, drivers=drivers, notice=notice)
+        if not assigned.isdigit() or len(assigned) > 18:
+            return ""
+        parcel = await parcels.get_parcel(self.db, int(assigned))
+        driver = parcel and parcel.get("driver_id") and await users.get_user(self.db, parcel["driver_id"])
+        return f"Parcel #{parcel['_id']} is now assigned to {user_label(driver)}." if driver else ""
 
 
 class DispatchAssign(PageHandler):
-    """The dispatch page's form: assign (or reassign) a parcel's driver."""
+    """The dispatch page's form: assign (or reassign) a parcel's driver, named by e-mail."""
 
     roles = ("dispatcher",)
 
     async def post(self, parcel_id: str) -> None:
         parcel = await self.visible_parcel(parcel_id)
-        raw = self.get_body_argument("driver_id", "")
+        named = self.get_body_argument("driver", "").strip()
+        found = await users.find_by_email(self.db, named) if "@" in named and len(named) <= 254 else None
+        if not found or found[0].role != "driver":
+            raise Refused(400, "Choose one of the drivers in the list (type a name or an e-mail).")
         try:
-            await self.assign_driver(parcel, int(raw) if raw.isdigit() and len(raw) < 19 else None)
+            await self.assign_driver(parcel, found[0].id)
         except Refused as e:
-            message = "Choose one of the drivers in the list." if e.status == 400 else f"Parcel #{parcel['_id']}: {e}."
-            raise PageError(e.status, message) from None
+            raise Refused(e.status_code, f"Parcel #{parcel['_id']}: {e}.") from None
         self.redirect(f"/dispatch?assigned={parcel['_id']}#parcel-{parcel['_id']}")
 
 
@@ -327,7 +389,7 @@ class NotFoundPage(PageHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        raise PageError(404, "There is no page at this address.")
+        raise Refused(404, "There is no page at this address.")
 
 
 ROUTES = [

@@ -35,8 +35,8 @@ def can_view(user: User, parcel: Mapping[str, Any]) -> bool:
     return False
 
 
-def visible_query(user: User) -> dict[str, Any] | None:
-    """`can_view` as a database filter for listing parcels (None: sees nothing)."""
+def visible_scope(user: User) -> dict[str, Any] | None:
+    """`can_view` as the equality a list of parcels is limited to (None: sees nothing)."""
     if user.role == "dispatcher":
         return {}
     if user.role == "client":

@@ -1,11 +1,20 @@
-"""The database handle: one AsyncMongoClient, the collections, indexes and id counters."""
+"""The database handle: one AsyncMongoClient, the collections, their indexes, id counters
+and retention.
+
+Every query in `models/` has a shape the embedded server answers from an index
+(docs/protocol.md, "Query shapes"); the indexes below are those shapes' indexes.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+SEQUENCES = ("users", "parcels")
+MAX_ID = 2**63 - 1  # ids are BSON int64
+SCHEMA_VERSION = 2  # 2: parcels carry `seq` (their id again, for ranges) and `timeline`
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -30,7 +39,7 @@ def iso(moment: datetime | None) -> str | None:
 class Database:
     """The app's collections on one client; create it inside the IOLoop that uses it."""
 
-    def __init__(self, uri: str, name: str) -> None:
+    def __init__(self, uri: str, name: str, retention_days: int = 90) -> None:
         self.client: AsyncMongoClient = AsyncMongoClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=5000, appname="parcel-tracking"
         )
@@ -39,13 +48,14 @@ class Database:
         self.parcels = self.db["parcels"]
         self.locations = self.db["locations"]
         self.counters = self.db["counters"]
+        self.retention = timedelta(days=retention_days)
 
     async def ensure_indexes(self) -> None:
-        """Every query the app makes has an index (the embedded server scans without one).
-
-        This is the first thing every command asks of the database, so an unreachable
-        one is reported here, in one line."""
+        """Indexes, counters and schema in place: the first thing every command asks of the
+        database, so an unreachable one is reported here, in one line."""
         try:
+            await self._create_counters()
+            await self._migrate()
             await self._create_indexes()
         except PyMongoError as e:
             # PyMongo appends its timeouts and topology to the reason: keep the reason.
@@ -55,16 +65,72 @@ class Database:
     async def _create_indexes(self) -> None:
         await self.users.create_index("email", unique=True)  # stored lower-cased
         await self.users.create_index("role")
-        await self.parcels.create_index([("owner_id", ASCENDING), ("_id", ASCENDING)])
-        await self.parcels.create_index([("driver_id", ASCENDING), ("_id", ASCENDING)])
-        await self.locations.create_index([("parcel_id", ASCENDING), ("timestamp", ASCENDING), ("_id", ASCENDING)])
+        # A page of parcels is a window of `seq` (the id) within a scope: everyone's, one
+        # status's, one owner's or one driver's, with or without a status. The embedded
+        # server serves equality prefixes plus one range, and no range on `_id`.
+        await self.parcels.create_index("seq", unique=True)
+        await self.parcels.create_index([("status", ASCENDING), ("seq", ASCENDING)])
+        for scope in ("owner_id", "driver_id"):
+            await self.parcels.create_index([(scope, ASCENDING), ("seq", ASCENDING)])
+            await self.parcels.create_index([(scope, ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)])
+        await self.locations.create_index([("parcel_id", ASCENDING), ("timestamp", ASCENDING)])
+        await self._retention_index()
+
+    async def _retention_index(self) -> None:
+        """The TTL index on a sample's time (MongoDB expires by it; `prune_locations` is the
+        same rule as one indexed delete, for a server whose expiry scans)."""
+        seconds = int(self.retention.total_seconds())
+        try:
+            await self.locations.create_index([("timestamp", ASCENDING)], name="retention",
+                                              expireAfterSeconds=seconds)
+        except OperationFailure:  # LOCATION_RETENTION_DAYS changed: change the index in place
+            await self.db.command("collMod", "locations",
+                                  index={"name": "retention", "expireAfterSeconds": seconds})
+
+    async def _create_counters(self) -> None:
+        # Created up front: concurrent upserts of a missing counter lose the race with `None`.
+        for sequence in SEQUENCES:
+            try:
+                await self.counters.insert_one({"_id": sequence, "value": 0})
+            except DuplicateKeyError:
+                pass
+
+    async def _migrate(self) -> None:
+        """Bring parcels stored by an older version up to SCHEMA_VERSION (once: a full pass)."""
+        schema = await self.counters.find_one({"_id": "schema"})
+        if schema is None and await self.counters.find_one({"_id": "parcels", "value": 0}):
+            # a fresh database: nothing to migrate
+            await self.counters.insert_one({"_id": "schema", "value": SCHEMA_VERSION})
+            return
+        if schema is not None and schema["value"] >= SCHEMA_VERSION:
+            return
+        async for doc in self.parcels.find({}, {"_id": 1, "status": 1, "created_at": 1}):
+            timeline = [{"status": "pending", "timestamp": doc.get("created_at")}]
+            if doc["status"] != "pending":
+                timeline.append({"status": doc["status"], "timestamp": None})  # when is not known
+            await self.parcels.update_one({"_id": doc["_id"]}, {"$set": {"seq": doc["_id"], "timeline": timeline}})
+        for old in ("owner_id_1__id_1", "driver_id_1__id_1"):  # served the version 1 lists
+            if old in await self.parcels.index_information():
+                await self.parcels.drop_index(old)
+        await self.counters.update_one({"_id": "schema"}, {"$set": {"value": SCHEMA_VERSION}}, upsert=True)
 
     async def next_id(self, sequence: str) -> int:
         """The next integer id of a sequence (users, parcels), atomically."""
         doc = await self.counters.find_one_and_update(
-            {"_id": sequence}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+            {"_id": sequence}, {"$inc": {"value": 1}}, return_document=ReturnDocument.AFTER
         )
         return int(doc["value"])
+
+    async def last_id(self, sequence: str) -> int:
+        """The highest id handed out so far."""
+        doc = await self.counters.find_one({"_id": sequence})
+        return int(doc["value"]) if doc else 0
+
+    async def prune_locations(self, now: datetime | None = None) -> int:
+        """Delete the samples older than the retention period; returns how many went."""
+        cutoff = (now or utcnow()) - self.retention
+        result = await self.locations.delete_many({"timestamp": {"$lt": cutoff}})
+        return result.deleted_count
 
     async def close(self) -> None:
         await self.client.close()

@@ -2,48 +2,123 @@
 
 Writes go through `SampleWriter`, which batches them on a short timer: the live
 broadcast never waits for the database, and under load many samples cost one
-`insert_many` and one `bulk_write` instead of two awaited writes each.
+`insert_many` and one `bulk_write` instead of two awaited writes each. Its queue is
+bounded; a database that cannot be reached keeps the samples queued and retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from bson import ObjectId
+from bson.errors import InvalidDocument
 from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from models.db import Database, iso
+from models.db import Database, iso, utcnow
 
 log = logging.getLogger("parcel.locations")
 
-BATCH_SIZE = 100
+BATCH_SIZE = 200
+MAX_HISTORY_PAGE = 10_000
+# How far a fix's time may lie from the server's (CONTRACT: offline batches up to 24 h old).
+EARLIEST_FIX = timedelta(hours=24)
+LATEST_FIX = timedelta(seconds=60)
+FIRST_WINDOW = timedelta(hours=1)
+WINDOW_GROWTH = 4
 
 
-async def history(db: Database, parcel_id: int) -> list[dict[str, Any]]:
-    """The sampled history of a parcel, oldest first."""
-    cursor = db.locations.find({"parcel_id": parcel_id}).sort([("timestamp", 1), ("_id", 1)])
-    return [
-        {"lat": d["lat"], "lng": d["lng"], "address": d.get("address", ""), "timestamp": iso(d["timestamp"])}
-        async for d in cursor
-    ]
+@dataclass(frozen=True)
+class HistoryPage:
+    """Samples oldest first; `next_since` is the `since=` of the next page (None: this is the last)."""
+
+    locations: list[dict[str, Any]]
+    next_since: datetime | None
+
+
+def sample_view(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"lat": doc["lat"], "lng": doc["lng"], "address": doc.get("address", ""), "timestamp": iso(doc["timestamp"])}
+
+
+async def history(db: Database, parcel: dict[str, Any], *, since: datetime | None = None,
+                  limit: int = 1000) -> HistoryPage:
+    """A page of a parcel's sampled history, oldest first, after `since` (exclusive).
+
+    Walks forward through windows of time, each WINDOW_GROWTH times the last, until one
+    more sample than the page holds is found or now is passed: no query matches more
+    than a window of one parcel's samples, however long its history."""
+    low = since if since is not None else parcel["created_at"] - EARLIEST_FIX
+    end = utcnow() + LATEST_FIX
+    wanted = limit + 1
+    found: list[dict[str, Any]] = []
+    size = FIRST_WINDOW
+    while low < end and len(found) < wanted:
+        high = min(low + size, end)
+        query = {"parcel_id": parcel["_id"], "timestamp": {"$gt": low, "$lte": high}}
+        found.extend(await db.locations.find(query).to_list(None))
+        low, size = high, size * WINDOW_GROWTH
+    found.sort(key=lambda doc: (doc["timestamp"], doc["_id"]))
+    if len(found) <= limit:
+        return HistoryPage([sample_view(d) for d in found], None)
+    page = found[:limit]
+    # `since` is exclusive: never end a page inside a run of samples with one timestamp.
+    cut = found[limit]["timestamp"]
+    trimmed = [d for d in page if d["timestamp"] != cut] or [d for d in found if d["timestamp"] <= cut]
+    return HistoryPage([sample_view(d) for d in trimmed], trimmed[-1]["timestamp"])
+
+
+def _last_location_update(sample: dict[str, Any]) -> UpdateOne:
+    """Set the parcel's last_location to this sample unless a newer one is stored already
+    (an offline batch can arrive after newer fixes): one write by `_id`, no read."""
+    location = {"lat": sample["lat"], "lng": sample["lng"], "address": sample.get("address", ""),
+                "timestamp": sample["timestamp"], "driver_id": sample["driver_id"]}
+    newer = {"$gt": [sample["timestamp"], {"$ifNull": ["$last_location.timestamp", None]}]}
+    return UpdateOne({"_id": sample["parcel_id"]}, [
+        {"$set": {"last_location": {"$cond": [newer, {"$literal": location}, "$last_location"]}}}
+    ])
 
 
 class SampleWriter:
-    """Queues samples and writes them in batches, off the broadcast's path."""
+    """Queues samples and writes them in batches, off the broadcast's path.
 
-    def __init__(self, db: Database, flush_interval: float) -> None:
+    At most `max_queued` samples wait (past that the oldest are dropped and counted).
+    A batch the database cannot take for want of a connection stays at the head of the
+    queue and is tried again every `retry_interval` seconds; each sample carries its own
+    `_id`, so a batch written twice is stored once."""
+
+    def __init__(self, db: Database, flush_interval: float, max_queued: int = 100_000,
+                 retry_interval: float = 1.0) -> None:
         self.db = db
         self.flush_interval = flush_interval
-        self._queue: list[dict[str, Any]] = []
+        self.max_queued = max_queued
+        self.retry_interval = retry_interval
+        self.written = 0
+        self.dropped = 0
+        self.errors = 0
+        self._queue: deque[dict[str, Any]] = deque()
+        self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
+    @property
+    def queued(self) -> int:
+        """Samples not yet written (those being written included)."""
+        return len(self._queue) + self._in_flight
+
     def add(self, parcel_id: int, driver_id: int, location: dict[str, Any], timestamp: datetime) -> None:
         """Queue one sample; it is written within `flush_interval` seconds."""
-        self._queue.append({"parcel_id": parcel_id, "driver_id": driver_id, "timestamp": timestamp, **location})
+        if len(self._queue) >= self.max_queued:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append({"_id": ObjectId(), "parcel_id": parcel_id, "driver_id": driver_id,
+                            "timestamp": timestamp, **location})
         if len(self._queue) >= BATCH_SIZE:
             self._schedule(0)
         elif self._timer is None:
@@ -55,42 +130,89 @@ class SampleWriter:
         self._timer = asyncio.get_running_loop().call_later(delay, self._flush_soon)
 
     def _flush_soon(self) -> None:
+        self._timer = None
         task = asyncio.ensure_future(self.flush())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def flush(self) -> None:
-        """Write everything queued so far, after any flush already under way."""
+    async def flush(self) -> bool:
+        """Write everything queued so far, after any flush already under way; False when
+        the database could not be reached (what is left is retried on a timer)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         async with self._lock:
             while self._queue:
-                batch, self._queue = self._queue[:BATCH_SIZE], self._queue[BATCH_SIZE:]
-                await self._write(batch)
+                batch = [self._queue.popleft() for _ in range(min(BATCH_SIZE, len(self._queue)))]
+                self._in_flight = len(batch)
+                try:
+                    done = await self._write(batch)
+                finally:
+                    self._in_flight = 0
+                if not done:
+                    self._queue.extendleft(reversed(batch))
+                    while len(self._queue) > self.max_queued:
+                        self._queue.popleft()
+                        self.dropped += 1
+                    self._schedule(self.retry_interval)
+                    return False
+        return True
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def drain(self, within: float) -> bool:
+        """Flush until nothing is queued or `within` seconds pass (shutdown); True if all went."""
+        deadline = time.monotonic() + within
+        while not await self.flush():
+            if time.monotonic() + self.retry_interval > deadline:
+                log.error("%d location samples could not be written before shutdown", self.queued)
+                return False
+            await asyncio.sleep(self.retry_interval)
+        return True
+
+    async def _write(self, batch: list[dict[str, Any]]) -> bool:
+        """Write one batch; False only when it should be tried again later."""
         latest: dict[int, dict[str, Any]] = {}
         for sample in batch:
-            latest[sample["parcel_id"]] = sample
+            if sample["timestamp"] >= latest.get(sample["parcel_id"], sample)["timestamp"]:
+                latest[sample["parcel_id"]] = sample
         try:
-            await self.db.locations.insert_many([dict(s) for s in batch], ordered=False)
-            await self.db.parcels.bulk_write(
-                [
-                    UpdateOne(
-                        # never let an older sample overwrite a newer last_location
-                        {"_id": pid, "$or": [
-                            {"last_location": None}, {"last_location.timestamp": {"$lte": s["timestamp"]}},
-                        ]},
-                        {"$set": {"last_location": {
-                            "lat": s["lat"], "lng": s["lng"], "address": s.get("address", ""),
-                            "timestamp": s["timestamp"], "driver_id": s["driver_id"],
-                        }}},
-                    )
-                    for pid, s in latest.items()
-                ],
-                ordered=False,
-            )
-        except Exception:  # refused by the database, or not encodable for it (a lone surrogate in an address)
-            # The live broadcast has already gone out; the history misses these samples.
+            try:
+                await self.db.locations.insert_many(batch, ordered=False)
+            except BulkWriteError as e:  # some refused (or stored by an earlier try): the rest went in
+                refused = [w for w in e.details.get("writeErrors", ()) if not _stored_already(w)]
+                if refused:
+                    log.error("could not write %d location samples: %s", len(refused), refused[0].get("errmsg"))
+            except InvalidDocument:  # one sample cannot be encoded (a lone surrogate): write the others
+                batch = await self._write_one_by_one(batch)
+                stored = {s["_id"] for s in batch}
+                latest = {pid: s for pid, s in latest.items() if s["_id"] in stored}
+            if latest:
+                await self.db.parcels.bulk_write([_last_location_update(s) for s in latest.values()], ordered=False)
+        except ConnectionFailure as e:
+            self.errors += 1
+            log.warning("the database is unreachable; %d samples wait (%s)", len(self._queue), str(e)[:120])
+            return False
+        except PyMongoError:
+            self.errors += 1
             log.exception("could not write %d location samples", len(batch))
+            return True
+        self.written += len(batch)
+        return True
+
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        written = []
+        for sample in batch:
+            try:
+                await self.db.locations.insert_one(sample)
+                written.append(sample)
+            except InvalidDocument as e:
+                self.errors += 1
+                log.error("could not write a location sample: %s", e)
+        return written
+
+
+def _stored_already(error: dict[str, Any]) -> bool:
+    """A duplicate of the sample's own `_id`: an earlier try stored it."""
+    if error.get("code") != 11000:
+        return False
+    pattern = error.get("keyPattern")
+    return list(pattern) == ["_id"] if pattern else "_id_" in str(error.get("errmsg", ""))

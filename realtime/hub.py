@@ -37,11 +37,12 @@ class Hub:
     before it re-reads it, so that a change made by another process (the CLI) lands."""
 
     def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "",
-                 state_ttl: float = 5.0) -> None:
+                 state_ttl: float = 5.0, shutdown_timeout: float = 8.0) -> None:
         self.db = db
         self.writer = writer
         self.sample_every = sample_every
         self.state_ttl = state_ttl
+        self.shutdown_timeout = shutdown_timeout
         self.broker = make_broker(broker_url, self._deliver)
         self._subscribers: dict[int, set[Subscriber]] = {}
         self._parcels: dict[int, dict[str, Any]] = {}  # driver_id and status, for per-message checks
@@ -63,7 +64,7 @@ class Hub:
         """Write every driver's unsaved last position, then everything queued."""
         for parcel_id in list(self._unsaved):
             self._save_unsaved(parcel_id)
-        await self.writer.flush()
+        await self.writer.drain(self.shutdown_timeout)
         await self.broker.close()
 
     # -- subscribers -------------------------------------------------------

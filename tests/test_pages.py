@@ -137,15 +137,15 @@ async def test_dispatch_form_assigns_and_tells_the_watchers(world):
     parcel = await world.parcel(client)
     watcher = await world.watch(parcel, client)
     path = f"/dispatch/parcels/{parcel['_id']}/assign"
-    assert (await fetch(world, path, client, "POST", {"driver_id": str(driver.id)})).code == 403
-    assert (await fetch(world, path, dispatcher, "POST", {"driver_id": str(client.id)})).code == 400
-    assert (await fetch(world, path, dispatcher, "POST", {"driver_id": "x"})).code == 400
-    r = await fetch(world, path, dispatcher, "POST", {"driver_id": str(driver.id)})
+    assert (await fetch(world, path, client, "POST", {"driver": driver.email})).code == 403
+    assert (await fetch(world, path, dispatcher, "POST", {"driver": client.email})).code == 400
+    assert (await fetch(world, path, dispatcher, "POST", {"driver": "x"})).code == 400
+    r = await fetch(world, path, dispatcher, "POST", {"driver": driver.email.upper()})
     assert r.code == 302 and r.headers["Location"].startswith(f"/dispatch?assigned={parcel['_id']}")
     message = await recv(watcher)
     assert message["type"] == "status" and message["status"] == "assigned"
     page = (await fetch(world, r.headers["Location"].split("#")[0], dispatcher)).body.decode()
     assert f"Parcel #{parcel['_id']} is now assigned to Ravi ({driver.email})." in page
     done = await world.parcel(client, driver, status="delivered")
-    r = await fetch(world, f"/dispatch/parcels/{done['_id']}/assign", dispatcher, "POST", {"driver_id": str(driver.id)})
+    r = await fetch(world, f"/dispatch/parcels/{done['_id']}/assign", dispatcher, "POST", {"driver": driver.email})
     assert r.code == 409

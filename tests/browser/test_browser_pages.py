@@ -86,7 +86,7 @@ def test_dispatcher_assigns_a_driver_and_opens_the_map(sessions, cast):
     expect(row).to_contain_text("Kiran Client")
     expect(row).to_contain_text("Waiting for a driver")
     picker = row.get_by_label(f"Driver for parcel #{cast['parcel']}")
-    picker.select_option(label=f"Vikram Driver ({cast['driver']['email']})")
+    picker.fill(cast["driver"]["email"])
     screenshot(page, "dispatch-desktop.png")
     row.get_by_role("button", name=f"Assign parcel #{cast['parcel']}").click()
     expect(page.locator("#dispatch-notice")).to_have_text(
