@@ -12,8 +12,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -27,6 +29,7 @@ from settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse"
+XSRF = "deadbeef"
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +42,23 @@ def db_server(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path,
-        mongodb_db=f"test_{uuid.uuid4().hex[:12]}",
-        secret_key=TEST_SECRET,
-        bcrypt_rounds=4,
-        sample_flush_interval=0.01,
-    )
+def config(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for one test: its own database name, fast bcrypt, and whatever the test
+    asks for with `@settings(...)`."""
+    return Settings(**{
+        "data_dir": tmp_path,
+        "mongodb_db": f"test_{uuid.uuid4().hex[:12]}",
+        "secret_key": TEST_SECRET,
+        "bcrypt_rounds": 4,
+        "sample_flush_interval": 0.01,
+        **getattr(request, "param", {}),
+    })
+
+
+def settings(**overrides: Any):
+    """Run the decorated test with these Settings fields changed."""
+    label = ",".join(f"{k}={v}" for k, v in overrides.items())
+    return pytest.mark.parametrize("config", [overrides], indirect=True, ids=[label])
 
 
 @pytest.fixture
@@ -107,6 +119,23 @@ class World:
                               body=payload, request_timeout=10)
         try:
             return await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            return e.response
+
+    async def page(self, path: str, user: User | None = None, method: str = "GET", form: dict | None = None,
+                   xsrf: bool = True) -> HTTPResponse:
+        """A page request as a browser makes it: the login cookie, the XSRF cookie and field, no redirects followed."""
+        cookies = [f"_xsrf={XSRF}"]
+        if user is not None:
+            cookies.append("user=" + tornado.web.create_signed_value(TEST_SECRET, "user", str(user.id)).decode())
+        payload = None
+        if method == "POST":
+            payload = urlencode({**({"_xsrf": XSRF} if xsrf else {}), **(form or {})})
+        try:
+            return await AsyncHTTPClient().fetch(
+                f"http://127.0.0.1:{self.port}{path}", method=method, body=payload, follow_redirects=False,
+                headers={"Cookie": "; ".join(cookies)}, request_timeout=10,
+            )
         except HTTPClientError as e:
             return e.response
 

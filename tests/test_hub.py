@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
-from tests.conftest import body, location, recv
+from tests.conftest import body, location, recv, settings
 from tests.process import app_env, run_cli
 
 
-@pytest.fixture
-def config(config):
-    return dataclasses.replace(config, parcel_state_ttl=0.2)
-
-
 @pytest.mark.gen_test(timeout=30)
+@settings(parcel_state_ttl=0.2)
 async def test_a_reassignment_by_the_cli_reaches_the_live_sockets(world, db_server):
     client = await world.user("client")
     old, new = await world.user("driver"), await world.user("driver")

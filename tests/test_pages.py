@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 import pytest
-import tornado.web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
 from handlers.pages import content_security_policy, safe_next, tile_source
 from models import parcels
 from settings import Settings
 from tests.conftest import PASSWORD, TEST_SECRET, recv
-
-XSRF = "deadbeef"
-
-
-async def fetch(world, path: str, user=None, method: str = "GET", form: dict | None = None,
-                xsrf: bool = True) -> HTTPResponse:
-    """A page request as a browser makes it: the login cookie, the XSRF cookie and field, no redirects followed."""
-    cookies = [f"_xsrf={XSRF}"]
-    if user is not None:
-        cookies.append("user=" + tornado.web.create_signed_value(TEST_SECRET, "user", str(user.id)).decode())
-    body = None
-    if method == "POST":
-        body = urlencode({**({"_xsrf": XSRF} if xsrf else {}), **(form or {})})
-    try:
-        return await AsyncHTTPClient().fetch(
-            f"http://127.0.0.1:{world.port}{path}", method=method, body=body, follow_redirects=False,
-            headers={"Cookie": "; ".join(cookies)}, request_timeout=10,
-        )
-    except HTTPClientError as e:
-        return e.response
 
 
 def test_safe_next_keeps_only_local_paths():
@@ -62,7 +38,7 @@ def test_content_security_policy_has_no_inline_scripts_and_names_the_sockets():
 async def test_pages_send_their_headers_and_no_secrets(world):
     client = await world.user("client")
     parcel = await world.parcel(client)
-    r = await fetch(world, f"/parcels/{parcel['_id']}/track", client)
+    r = await world.page(f"/parcels/{parcel['_id']}/track", client)
     assert r.code == 200
     policy = r.headers["Content-Security-Policy"]
     assert "script-src 'self';" in policy and f"ws://127.0.0.1:{world.port}" in policy
@@ -76,26 +52,26 @@ async def test_pages_send_their_headers_and_no_secrets(world):
 @pytest.mark.gen_test
 async def test_login_sets_an_httponly_cookie_and_goes_home(world):
     client = await world.user("client", email="home@example.test")
-    r = await fetch(world, "/login", method="POST", form={"email": "home@example.test", "password": PASSWORD})
+    r = await world.page("/login", method="POST", form={"email": "home@example.test", "password": PASSWORD})
     assert r.code == 302 and r.headers["Location"] == "/parcels"
     cookie = next(c for c in r.headers.get_list("Set-Cookie") if c.startswith("user="))
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
-    r = await fetch(world, "/login", method="POST",
+    r = await world.page("/login", method="POST",
                     form={"email": client.email, "password": PASSWORD, "next": "https://evil.test/"})
     assert r.headers["Location"] == "/parcels"
-    r = await fetch(world, "/login", method="POST", form={"email": client.email, "password": "nope"})
+    r = await world.page("/login", method="POST", form={"email": client.email, "password": "nope"})
     assert r.code == 200 and "wrong email or password" in r.body.decode()
-    r = await fetch(world, "/login", method="POST", form={"email": client.email, "password": PASSWORD}, xsrf=False)
+    r = await world.page("/login", method="POST", form={"email": client.email, "password": PASSWORD}, xsrf=False)
     assert r.code == 403 and "This form has expired" in r.body.decode()
 
 
 @pytest.mark.gen_test
 async def test_people_not_logged_in_are_sent_to_login(world):
-    r = await fetch(world, "/parcels/7/track")
+    r = await world.page("/parcels/7/track")
     assert r.code == 302 and r.headers["Location"] == "/login?next=%2Fparcels%2F7%2Ftrack"
-    r = await fetch(world, "/dispatch/parcels/7/assign", method="POST", form={"driver_id": "1"})
+    r = await world.page("/dispatch/parcels/7/assign", method="POST", form={"driver_id": "1"})
     assert r.code == 403
-    r = await fetch(world, "/no/such/page")
+    r = await world.page("/no/such/page")
     assert r.code == 404 and "There is no page at this address." in r.body.decode()
 
 
@@ -112,7 +88,7 @@ async def test_each_role_sees_its_own_pages(world):
         (dispatcher, "/dispatch", 200), (dispatcher, f"/driver/parcels/{parcel['_id']}", 403),
         (client, track, 200), (driver, track, 200), (dispatcher, track, 200), (other_driver, track, 404),
     ]:
-        r = await fetch(world, path, user)
+        r = await world.page(path, user)
         assert r.code == code, (user.role, path, r.code)
 
 
@@ -125,7 +101,7 @@ async def test_addresses_are_escaped(world):
         destination={"lat": 3.0, "lng": 4.0, "address": "\" onmouseover=\"alert(1)"},
     )
     for path in ("/parcels", f"/parcels/{parcel['_id']}/track"):
-        html = (await fetch(world, path, client)).body.decode()
+        html = (await world.page(path, client)).body.decode()
         assert "<script>alert" not in html and '" onmouseover="' not in html
         assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
 
@@ -137,15 +113,15 @@ async def test_dispatch_form_assigns_and_tells_the_watchers(world):
     parcel = await world.parcel(client)
     watcher = await world.watch(parcel, client)
     path = f"/dispatch/parcels/{parcel['_id']}/assign"
-    assert (await fetch(world, path, client, "POST", {"driver": driver.email})).code == 403
-    assert (await fetch(world, path, dispatcher, "POST", {"driver": client.email})).code == 400
-    assert (await fetch(world, path, dispatcher, "POST", {"driver": "x"})).code == 400
-    r = await fetch(world, path, dispatcher, "POST", {"driver": driver.email.upper()})
+    assert (await world.page(path, client, "POST", {"driver": driver.email})).code == 403
+    assert (await world.page(path, dispatcher, "POST", {"driver": client.email})).code == 400
+    assert (await world.page(path, dispatcher, "POST", {"driver": "x"})).code == 400
+    r = await world.page(path, dispatcher, "POST", {"driver": driver.email.upper()})
     assert r.code == 302 and r.headers["Location"].startswith(f"/dispatch?assigned={parcel['_id']}")
     message = await recv(watcher)
     assert message["type"] == "status" and message["status"] == "assigned"
-    page = (await fetch(world, r.headers["Location"].split("#")[0], dispatcher)).body.decode()
+    page = (await world.page(r.headers["Location"].split("#")[0], dispatcher)).body.decode()
     assert f"Parcel #{parcel['_id']} is now assigned to Ravi ({driver.email})." in page
     done = await world.parcel(client, driver, status="delivered")
-    r = await fetch(world, f"/dispatch/parcels/{done['_id']}/assign", dispatcher, "POST", {"driver": driver.email})
+    r = await world.page(f"/dispatch/parcels/{done['_id']}/assign", dispatcher, "POST", {"driver": driver.email})
     assert r.code == 409

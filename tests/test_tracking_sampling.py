@@ -18,17 +18,14 @@ import logging
 import pytest
 from tornado.websocket import WebSocketClientConnection
 
-from tests.conftest import World, recv
-from tests.test_tracking_socket import (  # noqa: F401 - `config` is the fixture that applies settings(...)
+from tests.conftest import World, location, recv, settings
+from tests.test_tracking_socket import (
     Scene,
     another_server,
-    config,
     history,
     last_location,
-    location,
     scene,
     send_location,
-    settings,
     socket_closed_by_server,
     subscribed,
 )

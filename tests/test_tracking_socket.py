@@ -34,25 +34,10 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app import make_app
 from models.access import User
-from tests.conftest import TEST_SECRET, World, body, claims, location, recv
+from tests.conftest import TEST_SECRET, World, body, claims, location, recv, settings
 
 ISO_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 QUIET = 0.3  # seconds: how long "nothing arrives" waits (everything else here answers within milliseconds)
-
-
-# -- settings per test -------------------------------------------------------------
-
-
-@pytest.fixture
-def config(config, request):
-    """conftest's Settings, with the overrides a test asks for through `settings(...)`."""
-    return dataclasses.replace(config, **getattr(request, "param", {}))
-
-
-def settings(**overrides: Any):
-    """Run the decorated test with these Settings fields changed."""
-    label = ",".join(f"{k}={v}" for k, v in overrides.items())
-    return pytest.mark.parametrize("config", [overrides], indirect=True, ids=[label])
 
 
 # -- arranging -------------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""A guard that turns red on a collection scan (docs/protocol.md, "Query shapes").
+
+The embedded database answers from an index in about a millisecond and scans in
+Python without one, so a query without an index is a bug that grows with the data.
+Its `explain()` cannot be trusted, but its profiler can: over a database seeded with
+~20,000 parcels, ~20,000 samples and ~10,000 users a scan takes hundreds of
+milliseconds and an indexed query a few. This test seeds one, turns the profiler on
+with `slowms` between the two, runs every model function and every page and API list,
+and fails naming each slow operation. Every public coroutine of the models is counted,
+so a new one that this test does not run fails it too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from auth import passwords
+from models import locations, parcels, users
+from models.access import User
+from models.db import utcnow
+from tests.conftest import World
+
+PARCELS = 20_000
+USERS = 10_000
+SAMPLES = 20_000
+SLOW_MS = 120  # a scan here takes several hundred ms; an indexed query a few
+MODULES = (parcels, users, locations)
+
+
+async def seed(world: World) -> dict[str, Any]:
+    """A year of a small business, written straight with insert_many."""
+    db, rng, now = world.app.db, random.Random(7), utcnow()
+    password_hash = await passwords.hash_password("seed-pass", 4)
+    roles = ["dispatcher"] * 10 + ["driver"] * 490 + ["client"] * (USERS - 500)
+    people = [{"_id": i, "email": f"user{i}@seed.test", "name": f"User {i}", "role": role,
+               "password_hash": password_hash, "created_at": now} for i, role in enumerate(roles, 1)]
+    clients = [p["_id"] for p in people if p["role"] == "client"]
+    drivers = [p["_id"] for p in people if p["role"] == "driver"]
+    for start in range(0, USERS, 1000):
+        await db.users.insert_many(people[start:start + 1000], ordered=False)
+    await db.counters.update_one({"_id": "users"}, {"$set": {"value": USERS}})
+
+    docs = []
+    for i in range(1, PARCELS + 1):
+        created = now - timedelta(minutes=(PARCELS - i) * 20)
+        status = rng.choice(parcels.ACTIVE) if i > PARCELS - 300 else rng.choice(["delivered"] * 30 + ["cancelled"])
+        driver = rng.choice(drivers) if status != "pending" else None
+        docs.append({"_id": i, "seq": i, "owner_id": rng.choice(clients), "driver_id": driver, "status": status,
+                     "pickup": {"lat": 28.6, "lng": 77.2, "address": "A"},
+                     "destination": {"lat": 28.5, "lng": 77.1, "address": "B"},
+                     "last_location": None, "created_at": created,
+                     "timeline": [{"status": "pending", "timestamp": created}]})
+    for start in range(0, PARCELS, 1000):
+        await db.parcels.insert_many(docs[start:start + 1000], ordered=False)
+    await db.counters.update_one({"_id": "parcels"}, {"$set": {"value": PARCELS}})
+
+    moving = [d for d in docs[-300:] if d["status"] in ("picked_up", "in_transit")]
+    samples = []
+    for n in range(SAMPLES):
+        parcel = moving[n % len(moving)]
+        samples.append({"parcel_id": parcel["_id"], "driver_id": parcel["driver_id"], "lat": 28.5, "lng": 77.1,
+                        "address": "", "timestamp": now - timedelta(seconds=25 * (SAMPLES - n))})
+    for start in range(0, SAMPLES, 1000):
+        await db.locations.insert_many(samples[start:start + 1000], ordered=False)
+    return {"people": {p["_id"]: p for p in people}, "parcels": docs, "moving": moving,
+            "clients": clients, "drivers": drivers}
+
+
+def user(doc: dict[str, Any]) -> User:
+    return User(id=doc["_id"], role=doc["role"], email=doc["email"], name=doc["name"])
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Wrap every public coroutine of the models so the test knows which ones ran."""
+    called: set[str] = set()
+    for module in MODULES:
+        for name, function in inspect.getmembers(module, inspect.iscoroutinefunction):
+            if name.startswith("_") or function.__module__ != module.__name__:
+                continue
+
+            async def recorded(*args: Any, _f=function, _n=f"{module.__name__}.{name}", **kwargs: Any) -> Any:
+                called.add(_n)
+                return await _f(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, recorded)
+    return called
+
+
+def public_coroutines() -> set[str]:
+    return {f"{m.__name__}.{name}" for m in MODULES for name, f in inspect.getmembers(m, inspect.iscoroutinefunction)
+            if not name.startswith("_") and f.__module__ == m.__name__}
+
+
+@pytest.mark.gen_test(timeout=300)
+async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypatch):
+    data = await seed(world)
+    db = world.app.db
+    people = data["people"]
+    dispatcher = user(people[1])
+    driver_doc = people[data["parcels"][-1]["driver_id"] or data["drivers"][0]]
+    driver = user(driver_doc)
+    moving = data["moving"][0]
+    owner = user(people[moving["owner_id"]])
+    mover = user(people[moving["driver_id"]])
+    expected = public_coroutines()
+    called = record_calls(monkeypatch)
+    await db.db.command("profile", 1, slowms=SLOW_MS)
+
+    # -- the models, straight ---------------------------------------------------------------
+    made = await users.create_user(db, email="new@seed.test", password_hash="x", role="client")
+    assert (await users.get_user(db, made.id)).email == "new@seed.test"
+    assert (await users.find_by_email(db, "USER5@seed.test"))[0].id == 5
+    assert len(await users.get_users(db, range(1, 101))) == 100
+    assert len(await users.list_users(db, "dispatcher")) == 10
+    parcel = await parcels.create_parcel(db, owner_id=owner.id, pickup=moving["pickup"],
+                                         destination=moving["destination"])
+    assert parcel["_id"] == PARCELS + 1
+    await parcels.assign_driver(db, parcel["_id"], driver.id)
+    await parcels.assign_driver(db, parcel["_id"], mover.id)
+    for status in ("picked_up", "in_transit", "delivered"):
+        await parcels.set_status(db, parcel["_id"], status)
+    assert (await parcels.get_parcel(db, parcel["_id"]))["status"] == "delivered"
+    for who in (dispatcher, owner, driver):
+        await parcels.list_visible(db, who)
+        await parcels.list_visible(db, who, statuses=parcels.ACTIVE, limit=500)
+        await parcels.list_visible(db, who, statuses=["cancelled"], before=PARCELS // 2)
+    deep = await parcels.find_page(db, {}, limit=500, before=PARCELS // 3)
+    assert len(deep.parcels) == 500 and deep.next_before == deep.parcels[-1]["_id"]
+    rows, cursor = await parcels.active_first(db, {}, limit=50)
+    assert len(rows) == 50 and cursor is not None
+    await parcels.active_first(db, {"owner_id": owner.id}, limit=50, finished=True)
+    await parcels.active_for_driver(db, mover.id)
+    page = await locations.history(db, moving, limit=100)
+    assert len(page.locations) == 100 and page.next_since is not None
+    await locations.history(db, moving, since=page.next_since)
+    writer = world.app.hub.writer
+    for n in range(50):
+        writer.add(moving["_id"], mover.id, {"lat": 28.5, "lng": 77.1 + n / 1000, "address": ""}, utcnow())
+    assert await writer.flush()
+    assert await db.next_id("parcels") == PARCELS + 2
+    await db.prune_locations()
+
+    # -- every page and API list, over HTTP ---------------------------------------------------
+    track = f"/parcels/{moving['_id']}/track"
+    for who, path in [
+        (owner, "/parcels"), (owner, "/parcels?before=15000"), (owner, track), (mover, "/driver"),
+        (mover, f"/driver/parcels/{moving['_id']}"), (dispatcher, "/dispatch"),
+        (dispatcher, "/dispatch?part=finished"), (dispatcher, "/dispatch?part=finished&before=10000"),
+        (dispatcher, "/dispatch?status=delivered"), (dispatcher, "/dispatch?status=cancelled&before=9000"),
+        (dispatcher, "/dispatch?status=all"), (dispatcher, "/dispatch?status=active"),
+        (dispatcher, f"/dispatch?q={owner.email}"), (dispatcher, f"/dispatch?q={mover.email}&status=all"),
+        (dispatcher, f"/dispatch?q={moving['_id']}"), (dispatcher, f"/dispatch?assigned={parcel['_id']}"),
+    ]:
+        response = await world.page(path, who)
+        assert response.code == 200, (path, response.code)
+    for who, path in [
+        (dispatcher, "/api/parcels/"), (dispatcher, "/api/parcels/?limit=500&before=12345"),
+        (dispatcher, "/api/parcels/?status=cancelled"), (dispatcher, "/api/parcels/?active=1"),
+        (owner, "/api/parcels/"), (mover, "/api/parcels/?active=1"),
+        (owner, f"/api/parcels/{moving['_id']}/"), (owner, f"/api/parcels/{moving['_id']}/locations/"),
+        (owner, f"/api/parcels/{moving['_id']}/locations/?limit=10"),
+    ]:
+        response = await world.api("GET", path, who)
+        assert response.code == 200, (path, response.code)
+
+    await db.db.command("profile", 0)
+    slow = await db.db["system.profile"].find({"millis": {"$gte": SLOW_MS}}).to_list(None)
+    assert not slow, "operations that scan (no index serves them):\n" + "\n".join(
+        f"  {op.get('millis')} ms {op.get('op')} {op.get('ns')} {op.get('command')}" for op in slow
+    )
+    assert called == expected, f"not run here: {sorted(expected - called)}"
