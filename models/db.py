@@ -39,9 +39,9 @@ def iso(moment: datetime | None) -> str | None:
 class Database:
     """The app's collections on one client; create it inside the IOLoop that uses it."""
 
-    def __init__(self, uri: str, name: str, retention_days: int = 90) -> None:
+    def __init__(self, uri: str, name: str, retention_days: int = 90, server_timeout: float = 5.0) -> None:
         self.client: AsyncMongoClient = AsyncMongoClient(
-            uri, tz_aware=True, serverSelectionTimeoutMS=5000, appname="parcel-tracking"
+            uri, tz_aware=True, serverSelectionTimeoutMS=int(server_timeout * 1000), appname="parcel-tracking"
         )
         self.db = self.client[name]
         self.users = self.db["users"]
