@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from handlers import pages
 from handlers.pages import content_security_policy, safe_next, tile_source
 from models import parcels
 from settings import Settings
@@ -125,3 +128,41 @@ async def test_dispatch_form_assigns_and_tells_the_watchers(world):
     done = await world.parcel(client, driver, status="delivered")
     r = await world.page(f"/dispatch/parcels/{done['_id']}/assign", dispatcher, "POST", {"driver": driver.email})
     assert r.code == 409
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_dispatch_pages_active_parcels_first_with_a_filter_and_a_search(world, monkeypatch):
+    monkeypatch.setattr(pages, "PAGE_SIZE", 3)
+    asha, ravi = await world.user("client"), await world.user("client")
+    driver, dispatcher = await world.user("driver"), await world.user("dispatcher")
+    statuses = ["delivered", "pending", "in_transit", "cancelled", "assigned", "delivered", "pending"]
+    made = [await world.parcel(asha if i % 2 else ravi, driver if s != "pending" else None, status=s)
+            for i, s in enumerate(statuses)]
+
+    def shown(html: str) -> list[int]:
+        return [int(n) for n in re.findall(r'<tr id="parcel-(\d+)"', html)]
+
+    async def walk(path: str) -> list[list[int]]:
+        seen = []
+        while path:
+            response = await world.page(path, dispatcher)
+            assert response.code == 200, path
+            html = response.body.decode()
+            seen.append(shown(html))
+            found = re.search(r'<a href="([^"]+)" id="next-page"', html)
+            path = found and found.group(1).replace("&amp;", "&")
+        return seen
+
+    newest = made[::-1]
+    active = [p["_id"] for p in newest if p["status"] not in parcels.FINISHED]
+    finished = [p["_id"] for p in newest if p["status"] in parcels.FINISHED]
+    assert await walk("/dispatch") == [(active + finished)[i:i + 3] for i in range(0, 7, 3)]
+    assert await walk("/dispatch?status=delivered") == [[p["_id"] for p in newest if p["status"] == "delivered"]]
+    assert sum(await walk(f"/dispatch?q={asha.email.upper()}&status=all"), []) == \
+        [p["_id"] for p in newest if p["owner_id"] == asha.id]
+    assert sum(await walk(f"/dispatch?q={driver.email}&status=active"), []) == \
+        [p["_id"] for p in newest if p["driver_id"] == driver.id and p["status"] not in parcels.FINISHED]
+    assert await walk(f"/dispatch?q={made[3]['_id']}") == [[made[3]["_id"]]]
+    nobody = (await world.page("/dispatch?q=nobody@example.test", dispatcher)).body.decode()
+    assert "No client or driver has the e-mail nobody@example.test." in nobody and not shown(nobody)
+    assert (await world.page("/dispatch?status=lost", dispatcher)).code == 400
