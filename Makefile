@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint system-packages bench clean
+.PHONY: run test lint system-packages bench bench-volume clean
 
 $(VENV)/.run-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test: $(VENV)/.dev-installed system-packages lint
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/fanout.py
+
+# A year of data (100,000 parcels, 1M locations) loaded once into benchmarks/.volume-data/,
+# then every operation timed against 50 ms and 1,000 location updates/s sustained.
+# Options: make bench-volume ARGS="--quick" (or --skip-load-test, --load-seconds N, --reload)
+bench-volume: $(VENV)/.dev-installed
+	$(PY) benchmarks/volume.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
