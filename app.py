@@ -208,9 +208,16 @@ async def assign(config: Settings, args: argparse.Namespace) -> None:
     print(f"parcel {parcel_id} assigned to {found[0].email}")
 
 
+async def ensure_demo_data(db: Database, config: Settings) -> bool:
+    """Create the demo data unless it is there; True if created."""
+    if await demo.present(db):
+        return False
+    return await demo.create_demo_data(db, await passwords.hash_password(demo.PASSWORD, config.bcrypt_rounds))
+
+
 async def demo_data(config: Settings, args: argparse.Namespace) -> None:
     async with database(config) as db:
-        created = await demo.create_demo_data(db, config.bcrypt_rounds)
+        created = await ensure_demo_data(db, config)
     print("demo data created" if created else "demo data already present")
     print_logins()
 
@@ -235,7 +242,7 @@ async def run_server(app: Application, args: argparse.Namespace) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and connections in order."""
     config = app.config
     await app.start()
-    if not args.no_demo and await demo.create_demo_data(app.db, config.bcrypt_rounds):
+    if not args.no_demo and await ensure_demo_data(app.db, config):
         log.info("created the demo data")
     server = tornado.httpserver.HTTPServer(
         app, xheaders=True, max_body_size=1024 * 1024, idle_connection_timeout=60

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from auth.passwords import hash_password
-from models import parcels, users
+from models import locations, parcels, users
 from models.db import Database, utcnow
 
 PASSWORD = "demo-pass"
@@ -27,11 +26,15 @@ def logins() -> list[tuple[str, str, str]]:
     return [(email, PASSWORD, role) for email, role, _ in ACCOUNTS]
 
 
-async def create_demo_data(db: Database, bcrypt_rounds: int) -> bool:
-    """Create the demo accounts and parcels unless they exist; True if created."""
-    if await users.find_by_email(db, ACCOUNTS[0][0]):
+async def present(db: Database) -> bool:
+    return await users.find_by_email(db, ACCOUNTS[0][0]) is not None
+
+
+async def create_demo_data(db: Database, password_hash: str) -> bool:
+    """Create the demo accounts and parcels unless they exist; True if created. Every
+    account's password is PASSWORD, whose hash the caller makes (`auth.passwords`)."""
+    if await present(db):
         return False
-    password_hash = await hash_password(PASSWORD, bcrypt_rounds)
     made = {}
     for email, role, name in ACCOUNTS:
         try:
@@ -47,18 +50,13 @@ async def create_demo_data(db: Database, bcrypt_rounds: int) -> bool:
     for status in ("picked_up", "in_transit"):
         await parcels.set_status(db, moving["_id"], status)
     start = utcnow() - timedelta(minutes=4)
-    path = [(28.6129, 77.2295), (28.6050, 77.2250), (28.5960, 77.2190), (28.5870, 77.2130)]
-    samples = [
-        {"parcel_id": moving["_id"], "driver_id": driver.id, "lat": lat, "lng": lng,
-         "address": "", "timestamp": start + timedelta(minutes=i)}
-        for i, (lat, lng) in enumerate(path)
-    ]
-    await db.locations.insert_many(samples)
-    last = samples[-1]
-    await db.parcels.update_one({"_id": moving["_id"]}, {"$set": {"last_location": {
-        "lat": last["lat"], "lng": last["lng"], "address": "Lodhi Road, New Delhi",
-        "timestamp": last["timestamp"], "driver_id": driver.id,
-    }}})
+    path = [(28.6129, 77.2295, ""), (28.6050, 77.2250, ""), (28.5960, 77.2190, ""),
+            (28.5870, 77.2130, "Lodhi Road, New Delhi")]
+    await locations.store(db, [
+        locations.sample(moving["_id"], driver.id, {"lat": lat, "lng": lng, "address": address},
+                         start + timedelta(minutes=i))
+        for i, (lat, lng, address) in enumerate(path)
+    ])
 
     waiting = await parcels.create_parcel(db, owner_id=client.id, pickup=KAROL_BAGH, destination=LAJPAT_NAGAR)
     await parcels.assign_driver(db, waiting["_id"], driver2.id)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import bson
 from bson import ObjectId
 from bson.errors import InvalidDocument
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from models.db import Database, iso, utcnow
+from models.db import Database, iso, next_window, utcnow
 
 log = logging.getLogger("parcel.locations")
 
@@ -30,8 +31,9 @@ MAX_HISTORY_PAGE = 10_000
 # How far a fix's time may lie from the server's (CONTRACT: offline batches up to 24 h old).
 EARLIEST_FIX = timedelta(hours=24)
 LATEST_FIX = timedelta(seconds=60)
-FIRST_WINDOW = timedelta(hours=1)
-WINDOW_GROWTH = 4
+FIRST_WINDOW = timedelta(hours=1)  # when the parcel's sampling density is not known
+MIN_WINDOW = timedelta(minutes=1)
+MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class HistoryPage:
     next_since: datetime | None
 
 
+def sample(parcel_id: int, driver_id: int, location: dict[str, Any], timestamp: datetime) -> dict[str, Any]:
+    """A sample as stored, with its own `_id` (so a retried write stores it once)."""
+    return {"_id": ObjectId(), "parcel_id": parcel_id, "driver_id": driver_id, "timestamp": timestamp, **location}
+
+
 def sample_view(doc: dict[str, Any]) -> dict[str, Any]:
     return {"lat": doc["lat"], "lng": doc["lng"], "address": doc.get("address", ""), "timestamp": iso(doc["timestamp"])}
 
@@ -50,19 +57,23 @@ async def history(db: Database, parcel: dict[str, Any], *, since: datetime | Non
                   limit: int = 1000) -> HistoryPage:
     """A page of a parcel's sampled history, oldest first, after `since` (exclusive).
 
-    Walks forward through windows of time, each WINDOW_GROWTH times the last, until one
-    more sample than the page holds is found or now is passed: no query matches more
-    than a window of one parcel's samples, however long its history."""
-    low = since if since is not None else parcel["created_at"] - EARLIEST_FIX
+    Walks forward through windows of time from the parcel's first sample, the first
+    sized by how densely it has been sampled on average and the next by `next_window`,
+    until one more sample than the page holds is found or now is passed: no query
+    matches much more than a page, however long the history."""
+    first = parcel.get("samples_from")
+    low = since if since is not None else (first - MILLISECOND if first else parcel["created_at"] - EARLIEST_FIX)
     end = utcnow() + LATEST_FIX
     wanted = limit + 1
     found: list[dict[str, Any]] = []
-    size = FIRST_WINDOW
+    size = _first_window(parcel, wanted)
     while low < end and len(found) < wanted:
-        high = min(low + size, end)
+        high = min(low + timedelta(seconds=size), end)
         query = {"parcel_id": parcel["_id"], "timestamp": {"$gt": low, "$lte": high}}
-        found.extend(await db.locations.find(query).to_list(None))
-        low, size = high, size * WINDOW_GROWTH
+        matched = await db.locations.find(query).to_list(None)
+        found += matched
+        size = next_window((high - low).total_seconds(), len(matched), wanted - len(found))
+        low = high
     found.sort(key=lambda doc: (doc["timestamp"], doc["_id"]))
     if len(found) <= limit:
         return HistoryPage([sample_view(d) for d in found], None)
@@ -73,15 +84,49 @@ async def history(db: Database, parcel: dict[str, Any], *, since: datetime | Non
     return HistoryPage([sample_view(d) for d in trimmed], trimmed[-1]["timestamp"])
 
 
-def _last_location_update(sample: dict[str, Any]) -> UpdateOne:
-    """Set the parcel's last_location to this sample unless a newer one is stored already
-    (an offline batch can arrive after newer fixes): one write by `_id`, no read."""
-    location = {"lat": sample["lat"], "lng": sample["lng"], "address": sample.get("address", ""),
-                "timestamp": sample["timestamp"], "driver_id": sample["driver_id"]}
-    newer = {"$gt": [sample["timestamp"], {"$ifNull": ["$last_location.timestamp", None]}]}
-    return UpdateOne({"_id": sample["parcel_id"]}, [
-        {"$set": {"last_location": {"$cond": [newer, {"$literal": location}, "$last_location"]}}}
-    ])
+def _first_window(parcel: dict[str, Any], wanted: int) -> float:
+    """Seconds expected to hold `wanted` samples at the parcel's average density."""
+    first, count, last = parcel.get("samples_from"), parcel.get("sample_count"), parcel.get("last_location")
+    if not (first and count and last):
+        return FIRST_WINDOW.total_seconds()
+    span = max((last["timestamp"] - first).total_seconds(), 1.0)
+    return max(MIN_WINDOW.total_seconds(), wanted * span / count * 1.25)
+
+
+def _parcel_update(samples: list[dict[str, Any]]) -> UpdateOne:
+    """One write by `_id` for a parcel's samples in a batch: its last_location (unless a
+    newer one is stored: an offline batch can arrive after newer fixes), when its history
+    begins and how many samples it holds (for sizing the history's windows)."""
+    latest = max(reversed(samples), key=lambda s: s["timestamp"])  # of equal times, the last accepted
+    location = {"lat": latest["lat"], "lng": latest["lng"], "address": latest.get("address", ""),
+                "timestamp": latest["timestamp"], "driver_id": latest["driver_id"]}
+    newer = {"$gte": [latest["timestamp"], {"$ifNull": ["$last_location.timestamp", None]}]}
+    return UpdateOne({"_id": latest["parcel_id"]}, [{"$set": {
+        "last_location": {"$cond": [newer, {"$literal": location}, "$last_location"]},
+        "samples_from": {"$min": ["$samples_from", min(s["timestamp"] for s in samples)]},
+        "sample_count": {"$add": [{"$ifNull": ["$sample_count", 0]}, len(samples)]},
+    }}])
+
+
+async def store(db: Database, samples: list[dict[str, Any]]) -> int:
+    """Write samples to the history and move their parcels' last_location; returns how
+    many were stored. Samples carry their own `_id`, so storing a batch again (a retry)
+    stores each sample once."""
+    refused: list[dict[str, Any]] = []
+    try:
+        await db.locations.insert_many(samples, ordered=False)
+    except BulkWriteError as e:  # some refused (or stored by an earlier try): the rest went in
+        refused = [w for w in e.details.get("writeErrors", ()) if not _stored_already(w)]
+        if refused:
+            log.error("could not write %d location samples: %s", len(refused), refused[0].get("errmsg"))
+    lost = {samples[w["index"]]["_id"] for w in refused if "index" in w}
+    by_parcel: dict[int, list[dict[str, Any]]] = {}
+    for sample in samples:
+        if sample["_id"] not in lost:
+            by_parcel.setdefault(sample["parcel_id"], []).append(sample)
+    if by_parcel:
+        await db.parcels.bulk_write([_parcel_update(group) for group in by_parcel.values()], ordered=False)
+    return len(samples) - len(lost)
 
 
 class SampleWriter:
@@ -117,8 +162,7 @@ class SampleWriter:
         if len(self._queue) >= self.max_queued:
             self._queue.popleft()
             self.dropped += 1
-        self._queue.append({"_id": ObjectId(), "parcel_id": parcel_id, "driver_id": driver_id,
-                            "timestamp": timestamp, **location})
+        self._queue.append(sample(parcel_id, driver_id, location, timestamp))
         if len(self._queue) >= BATCH_SIZE:
             self._schedule(0)
         elif self._timer is None:
@@ -170,44 +214,32 @@ class SampleWriter:
 
     async def _write(self, batch: list[dict[str, Any]]) -> bool:
         """Write one batch; False only when it should be tried again later."""
-        latest: dict[int, dict[str, Any]] = {}
-        for sample in batch:
-            if sample["timestamp"] >= latest.get(sample["parcel_id"], sample)["timestamp"]:
-                latest[sample["parcel_id"]] = sample
         try:
             try:
-                await self.db.locations.insert_many(batch, ordered=False)
-            except BulkWriteError as e:  # some refused (or stored by an earlier try): the rest went in
-                refused = [w for w in e.details.get("writeErrors", ()) if not _stored_already(w)]
-                if refused:
-                    log.error("could not write %d location samples: %s", len(refused), refused[0].get("errmsg"))
+                stored = await store(self.db, batch)
             except InvalidDocument:  # one sample cannot be encoded (a lone surrogate): write the others
-                batch = await self._write_one_by_one(batch)
-                stored = {s["_id"] for s in batch}
-                latest = {pid: s for pid, s in latest.items() if s["_id"] in stored}
-            if latest:
-                await self.db.parcels.bulk_write([_last_location_update(s) for s in latest.values()], ordered=False)
+                stored = await store(self.db, self._encodable(batch))
         except ConnectionFailure as e:
             self.errors += 1
-            log.warning("the database is unreachable; %d samples wait (%s)", len(self._queue), str(e)[:120])
+            log.warning("the database is unreachable; %d samples wait (%s)", self.queued, str(e)[:120])
             return False
         except PyMongoError:
             self.errors += 1
             log.exception("could not write %d location samples", len(batch))
             return True
-        self.written += len(batch)
+        self.written += stored
         return True
 
-    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        written = []
+    def _encodable(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = []
         for sample in batch:
             try:
-                await self.db.locations.insert_one(sample)
-                written.append(sample)
+                bson.encode(sample)
+                kept.append(sample)
             except InvalidDocument as e:
                 self.errors += 1
                 log.error("could not write a location sample: %s", e)
-        return written
+        return kept
 
 
 def _stored_already(error: dict[str, Any]) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.access import User, visible_scope
-from models.db import Database, iso, utcnow
+from models.db import Database, iso, next_window, utcnow
 
 STATUSES = ("pending", "assigned", "picked_up", "in_transit", "delivered", "cancelled")
 FINISHED = frozenset({"delivered", "cancelled"})
@@ -31,7 +31,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 ASSIGNABLE = frozenset({"pending", "assigned", "picked_up", "in_transit"})
 
 MAX_PAGE = 500
-WINDOW_GROWTH = 4  # each further window of ids is this many times the last
 
 
 class TransitionRefused(ValueError):
@@ -108,23 +107,29 @@ async def find_page(
     """Parcels matching `scope` (an owner, a driver, or everyone: `{}`), with ids below
     `before`, newest first.
 
-    Walks down windows of ids, each WINDOW_GROWTH times the last, until one more parcel
-    than the page holds is found (so we know whether another page follows) or the ids
-    run out: a dense scope fills the first window, a sparse one (a client among
-    thousands) reaches the bottom in a few steps, and no query matches a whole year."""
+    Walks down windows of ids (`next_window` sizes them) until one more parcel than the
+    page holds is found, so we know whether another page follows, or the ids run out.
+    Everyone's parcels of some statuses are one query per status, through `(status, seq)`;
+    one person's are one query per window, their statuses picked here (a person's
+    parcels are few, and dense where a window finds them)."""
     top = await db.last_id("parcels") + 1
     high = top if before is None else min(before, top)
     wanted = limit + 1
     found: list[dict[str, Any]] = []
-    size = wanted
+    size: float = wanted
     while high > 1 and len(found) < wanted:
-        low = max(1, high - size)
+        low = max(1, high - int(size))
         window = {"$gte": low, "$lt": high}
-        filters = [{**scope, "seq": window}] if statuses is None else \
-            [{**scope, "status": status, "seq": window} for status in statuses]
-        for query in filters:
-            found.extend(await db.parcels.find(query).to_list(None))
-        high, size = low, size * WINDOW_GROWTH
+        if scope or statuses is None:
+            matched = await db.parcels.find({**scope, "seq": window}).to_list(None)
+            if statuses is not None:
+                matched = [doc for doc in matched if doc["status"] in statuses]
+        else:
+            matched = [doc for status in statuses
+                       for doc in await db.parcels.find({"status": status, "seq": window}).to_list(None)]
+        found += matched
+        size = next_window(high - low, len(matched), wanted - len(found))
+        high = low
     found.sort(key=lambda doc: doc["seq"], reverse=True)
     page = found[:limit]
     return Page(page, page[-1]["_id"] if len(found) > limit else None)

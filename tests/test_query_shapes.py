@@ -63,10 +63,11 @@ async def seed(world: World) -> dict[str, Any]:
     samples = []
     for n in range(SAMPLES):
         parcel = moving[n % len(moving)]
-        samples.append({"parcel_id": parcel["_id"], "driver_id": parcel["driver_id"], "lat": 28.5, "lng": 77.1,
-                        "address": "", "timestamp": now - timedelta(seconds=25 * (SAMPLES - n))})
-    for start in range(0, SAMPLES, 1000):
-        await db.locations.insert_many(samples[start:start + 1000], ordered=False)
+        samples.append(locations.sample(parcel["_id"], parcel["driver_id"], {"lat": 28.5, "lng": 77.1, "address": ""},
+                                        now - timedelta(seconds=25 * (SAMPLES - n))))
+    for start in range(0, SAMPLES, 1000):  # through the model: parcels learn their history's extent
+        await locations.store(db, samples[start:start + 1000])
+    moving = [await parcels.get_parcel(db, p["_id"]) for p in moving[:3]]
     return {"people": {p["_id"]: p for p in people}, "parcels": docs, "moving": moving,
             "clients": clients, "drivers": drivers}
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
-from models import parcels
+from models import locations, parcels
 from models.db import Database, utcnow
 from models.locations import SampleWriter
 from tests.conftest import World, body, location, settings
@@ -274,3 +274,20 @@ def test_sigterm_under_load_writes_every_sample_and_exits_in_time(tmp_path):
             assert len(history["locations"]) == accepted.get(parcel_id, 0), parcel_id
     finally:
         restarted.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_long_history_with_gaps_pages_completely_in_order(world):
+    """Samples written through the model: the parcel knows when its history begins and how
+    dense it is, which sizes the windows the history is read in."""
+    client, driver = await world.user("client"), await world.user("driver")
+    parcel = await world.parcel(client, driver, status="in_transit")
+    now = utcnow()
+    bursts = [now - timedelta(days=2), now - timedelta(hours=10), now - timedelta(minutes=30)]
+    samples = [locations.sample(parcel["_id"], driver.id, {"lat": 28.0 + n / 1000, "lng": 77.0, "address": ""},
+                                start + timedelta(seconds=5 * i))
+               for n, (start, i) in enumerate((start, i) for start in bursts for i in range(100))]
+    assert await locations.store(world.app.db, samples) == 300
+    pages = await all_pages(world, f"/api/parcels/{parcel['_id']}/locations/?limit=70", client, key="locations")
+    assert [len(page) for page in pages] == [70, 70, 70, 70, 20]
+    assert [p["lat"] for page in pages for p in page] == [28.0 + n / 1000 for n in range(300)]
