@@ -32,6 +32,7 @@ from auth.throttle import LoginThrottle
 from handlers import api, pages, tracking
 from handlers.base import ApiNotFound
 from models import demo, geo, parcels, users
+from models.access import ROLES, may_drive, may_own_parcels
 from models.db import Database, DatabaseUnavailable
 from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
@@ -162,8 +163,10 @@ async def database(config: Settings) -> AsyncIterator[Database]:
 
 
 async def create_user(config: Settings, args: argparse.Namespace) -> None:
-    if "@" not in args.email:
-        raise UsageError(f"--email must be an email address, not {args.email!r}")
+    try:
+        users.check_email(args.email)
+    except users.InvalidEmail as e:
+        raise UsageError(f"--{e}") from None
     if problem := passwords.check_length(args.password):
         raise UsageError(problem)
     password_hash = await passwords.hash_password(args.password, config.bcrypt_rounds)
@@ -184,7 +187,7 @@ async def create_parcel(config: Settings, args: argparse.Namespace) -> None:
         raise UsageError(str(e)) from None
     async with database(config) as db:
         found = await users.find_by_email(db, args.owner)
-        if not found or found[0].role != "client":
+        if not may_own_parcels(found and found[0]):
             raise UsageError(f"--owner must be a client's email; {args.owner} is not")
         parcel = await parcels.create_parcel(db, owner_id=found[0].id, pickup=pickup, destination=destination)
     print(parcel["_id"])
@@ -197,7 +200,7 @@ async def assign(config: Settings, args: argparse.Namespace) -> None:
         raise UsageError(f"PARCEL_ID must be a whole number, not {args.parcel_id!r}") from None
     async with database(config) as db:
         found = await users.find_by_email(db, args.driver_email)
-        if not found or found[0].role != "driver":
+        if not may_drive(found and found[0]):
             raise UsageError(f"{args.driver_email} is not a driver's email")
         if await parcels.get_parcel(db, parcel_id) is None:
             raise UsageError(f"there is no parcel {parcel_id}")
@@ -285,7 +288,7 @@ def build_parser() -> Parser:
     u = sub.add_parser("create-user", parents=[common], help="create an account")
     u.add_argument("--email", required=True)
     u.add_argument("--password", required=True)
-    u.add_argument("--role", required=True, choices=["client", "driver", "dispatcher"])
+    u.add_argument("--role", required=True, choices=ROLES)
     u.add_argument("--name", default="")
     p = sub.add_parser("create-parcel", parents=[common], help="create a parcel for a client")
     p.add_argument("--owner", required=True, help="the client's email")

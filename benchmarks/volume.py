@@ -79,6 +79,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from auth import passwords  # noqa: E402
+from models.db import SCHEMA_VERSION  # noqa: E402
 from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError  # noqa: E402
 from tests.process import Server, app_env  # noqa: E402
 
@@ -89,7 +90,7 @@ NODE_SCRATCH = Path(tempfile.gettempdir()) / "parcel-tracking-bench-node"
 
 DB_NAME = "parcel_tracking"
 MARKER_ID = "volume-loaded"
-GENERATOR_VERSION = 1  # bump when the generated data changes shape: the next run reloads
+GENERATOR_VERSION = 2  # bump when the generated data changes shape: the next run reloads
 SECRET = "volume-bench-" + "k" * 40
 PASSWORD = "volume-pass"
 EMAIL_DOMAIN = "volume.test"
@@ -288,16 +289,19 @@ def sample_at(p: ParcelPlan, k: int, rng: random.Random) -> tuple[float, float, 
 
 def parcel_doc(p: ParcelPlan, rng: random.Random) -> dict[str, Any]:
     last: dict[str, Any] | None = None
+    extent: dict[str, Any] = {}
     if p.samples:
         lat, lng, at = sample_at(p, p.samples - 1, rng)
         last = {"lat": lat, "lng": lng, "address": "", "timestamp": at, "driver_id": p.driver_id}
+        # what the product's own writer keeps beside last_location (models.locations.store)
+        extent = {"samples_from": sample_at(p, 0, rng)[2], "sample_count": p.samples}
     elif p.status == "delivered":
         last = {"lat": p.destination["lat"], "lng": p.destination["lng"], "address": p.destination["address"],
                 "timestamp": p.timeline[-1][1], "driver_id": p.driver_id}
     return {
         "_id": p.id, "seq": p.id, "owner_id": p.owner_id, "driver_id": p.driver_id, "status": p.status,
         "pickup": p.pickup, "destination": p.destination, "last_location": last, "created_at": p.created_at,
-        "timeline": [{"status": s, "timestamp": t} for s, t in p.timeline],
+        "timeline": [{"status": s, "timestamp": t} for s, t in p.timeline], **extent,
     }
 
 
@@ -394,7 +398,8 @@ def ensure_loaded(db: MongoDatabase, sizes: Sizes, reload: bool) -> dict[str, An
             db[name].insert_many(batch, ordered=False)
             progress.add(len(batch), name)
     seconds = progress.finish()
-    db.counters.insert_many([{"_id": "parcels", "value": sizes.parcels}, {"_id": "users", "value": sizes.users}])
+    db.counters.insert_many([{"_id": "parcels", "value": sizes.parcels}, {"_id": "users", "value": sizes.users},
+                             {"_id": "schema", "value": SCHEMA_VERSION}])
     marker = {"_id": MARKER_ID, "sizes": sizes.as_doc(), "generator": GENERATOR_VERSION, "loaded_at": now,
               "seconds": seconds, "long_parcels": [p.id for p in plans if p.exact_spacing]}
     db.counters.insert_one(marker)

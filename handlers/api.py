@@ -6,9 +6,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auth import passwords, tokens
-from handlers.base import ApiHandler, Refused
+from handlers.base import LOGIN_COOKIE, ApiHandler, Refused
 from models import geo, locations, parcels, users
-from models.access import ROLES, User, can_assign, can_create_users, may_set_status
+from models.access import (
+    ROLES,
+    User,
+    can_assign,
+    can_create_parcels,
+    can_create_users,
+    may_drive,
+    may_own_parcels,
+    may_set_status,
+    names_owner,
+)
 from models.db import MAX_ID, iso
 
 
@@ -52,7 +62,7 @@ class SocketTokenHandler(ApiHandler):
     """GET /api/token/ws/: a short-lived access token for a page's tracking socket."""
 
     async def get(self) -> None:
-        if self.get_signed_cookie("user") is None or self.current_user is None:
+        if self.get_signed_cookie(LOGIN_COOKIE) is None or self.current_user is None:
             raise Refused(401, "log in to get a socket token")
         token = tokens.issue(self.current_user, "access", self.config.ws_token_ttl, self.config.secret_key)
         self.send({"access": token})
@@ -71,8 +81,10 @@ class UsersHandler(ApiHandler):
             raise Refused(403, "only a dispatcher can create users")
         body = self.json_body()
         email, password, role, name = (body.get(k) for k in ("email", "password", "role", "name"))
-        if not isinstance(email, str) or "@" not in email or len(email) > 254:
-            raise Refused(400, "email must be an email address")
+        try:
+            email = users.check_email(email)
+        except users.InvalidEmail as e:
+            raise Refused(400, str(e)) from None
         if not isinstance(password, str) or (problem := passwords.check_length(password)):
             raise Refused(400, problem if isinstance(password, str) else "password is required")
         if role not in ROLES:
@@ -121,17 +133,15 @@ class ParcelsHandler(ApiHandler):
     async def post(self) -> None:
         user = self.require_user()
         body = self.json_body()
-        if user.role == "client":
-            owner_id = user.id
-        elif user.role == "dispatcher":
+        if not can_create_parcels(user):
+            raise Refused(403, "only clients and dispatchers can create parcels")
+        owner_id = user.id
+        if names_owner(user):
             owner_id = body.get("owner_id")
             if isinstance(owner_id, bool) or not isinstance(owner_id, int):
                 raise Refused(400, "owner_id (a client's id) is required")
-            owner = await users.get_user(self.db, owner_id)
-            if owner is None or owner.role != "client":
+            if not may_own_parcels(await users.get_user(self.db, owner_id) if 0 < owner_id <= MAX_ID else None):
                 raise Refused(400, "owner_id must be a client's id")
-        else:
-            raise Refused(403, "drivers cannot create parcels")
         try:
             pickup = geo.point(body.get("pickup"), "pickup")
             destination = geo.point(body.get("destination"), "destination")
@@ -164,7 +174,12 @@ class AssignHandler(ParcelHandlerBase):
         user, parcel = await self.visible_parcel(parcel_id)
         if not can_assign(user):
             raise Refused(403, "only a dispatcher can assign drivers")
-        updated = await self.assign_driver(parcel, self.json_body().get("driver_id"))
+        driver_id = self.json_body().get("driver_id")
+        valid_id = isinstance(driver_id, int) and not isinstance(driver_id, bool) and 0 < driver_id <= MAX_ID
+        driver = await users.get_user(self.db, driver_id) if valid_id else None
+        if not may_drive(driver):
+            raise Refused(400, "driver_id must be a driver's id")
+        updated = await self.assign(parcel, driver)
         self.send(parcels.public(updated))
 
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import tornado.web
 
-from auth import passwords, tokens
+from auth import login, tokens
 from models import parcels, users
 from models.access import User, can_view
 from models.db import Database
@@ -79,21 +79,12 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
 
     async def check_login(self, email: Any, password: Any) -> User:
-        """The user these credentials name, or `Refused` (401, or 429 when throttled)."""
-        if not isinstance(email, str) or not isinstance(password, str) or not email.strip() or not password:
-            raise Refused(400, "email and password are required")
-        address = self.request.remote_ip or ""
-        throttle = self.application.login_throttle
-        wait = throttle.retry_after(address, email)
-        if wait:
-            raise Refused(429, f"too many failed logins; try again in {wait} s", wait)
-        found = await users.find_by_email(self.db, email)
-        user, password_hash = found if found else (None, None)
-        if not await passwords.verify_password(password, password_hash, self.config.bcrypt_rounds):
-            throttle.failed(address, email)
-            raise Refused(401, "wrong email or password")
-        throttle.succeeded(address, email)
-        return user
+        """The user these credentials name (see auth.login), or `Refused`."""
+        try:
+            return await login.check_login(self.db, self.application.login_throttle, self.request.remote_ip or "",
+                                           email, password, self.config.bcrypt_rounds)
+        except login.LoginRefused as e:
+            raise Refused(e.status, str(e), e.retry_after) from None
 
     async def parcel_if_visible(self, parcel_id: str) -> dict[str, Any] | None:
         """The parcel if the current user may see it, else None: missing and not-yours look alike."""
@@ -102,12 +93,9 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
         return parcel
 
-    async def assign_driver(self, parcel: dict[str, Any], driver_id: Any) -> dict[str, Any]:
-        """Assign (or reassign) the parcel's driver and tell its subscribers; `Refused` 400 or 409."""
-        valid_id = isinstance(driver_id, int) and not isinstance(driver_id, bool)
-        driver = await users.get_user(self.db, driver_id) if valid_id else None
-        if driver is None or driver.role != "driver":
-            raise Refused(400, "driver_id must be a driver's id")
+    async def assign(self, parcel: dict[str, Any], driver: User) -> dict[str, Any]:
+        """Assign (or reassign) the parcel to a driver and tell its subscribers; `Refused` 409
+        for a finished parcel."""
         try:
             updated, previous = await parcels.assign_driver(self.db, parcel["_id"], driver.id)
         except parcels.TransitionRefused as e:

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 from handlers.base import LOGIN_COOKIE, BaseHandler, Refused, retry_after
 from models import parcels, users
-from models.access import User
+from models.access import User, may_drive
 from models.db import MAX_ID
 from settings import Settings
 
@@ -35,6 +35,12 @@ STATUS_LABELS = {
     "in_transit": "In transit",
     "delivered": "Delivered",
     "cancelled": "Cancelled",
+}
+DRIVER_SEND_EVERY = 5  # seconds between two positions sent by the driver's page
+DRIVER_TEXTS = {
+    "help_on": f"Sharing your position with the customer every {DRIVER_SEND_EVERY} seconds.",
+    "help_off": f"Turn tracking on to share your position with the customer every {DRIVER_SEND_EVERY} seconds.",
+    "finished": "This parcel is {status}: there is nothing left to track.",
 }
 PAGE_SIZE = 50
 RECENT_FINISHED = 20  # finished parcels the driver's page lists
@@ -98,6 +104,13 @@ def content_security_policy(config: Settings, host: str) -> str:
     ])
 
 
+def page_rules(**more: Any) -> str:
+    """What the live pages' scripts need to know of the server's rules, as JSON for a
+    `data-rules` attribute: the scripts keep no copy of their own."""
+    return json.dumps({"labels": STATUS_LABELS, "finished": sorted(parcels.FINISHED),
+                       "en_route": list(parcels.EN_ROUTE), **more})
+
+
 def place_text(point: dict[str, Any] | None) -> str:
     """An address as people read it; the coordinates when there is no address."""
     if not point:
@@ -127,6 +140,12 @@ def parcel_view(parcel: dict[str, Any], names: dict[int, str] | None = None) -> 
 def page_url(path: str, **arguments: Any) -> str:
     """A link to another page of a list: this path with these query arguments (empty ones left out)."""
     return path + "?" + urlencode({k: v for k, v in arguments.items() if v not in ("", None)})
+
+
+def sentence(text: str) -> str:
+    """A refusal's message (API style: "a delivered parcel cannot be assigned") as a page shows it."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
 
 
 def user_label(user: User) -> str:
@@ -182,7 +201,7 @@ class PageHandler(BaseHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         retry_after(self, exc)
         if isinstance(exc, Refused):
-            message = exc.message
+            message = sentence(exc.message)
         elif status_code == 403 and "xsrf" in str(getattr(exc, "log_message", "") or "").lower():
             message = "This form has expired. Go back, reload the page and try again."
         elif status_code < 500:
@@ -256,7 +275,7 @@ class TrackPage(PageHandler):
             "track.html",
             parcel=parcel_view(parcel, {driver.id: driver.name} if driver else None),
             parcel_json=json.dumps(public),
-            labels_json=json.dumps(STATUS_LABELS),
+            rules_json=page_rules(),
             ws_url=self.config.public_ws_url,
             tile_url=self.config.tile_url,
             blank_tile=self.static_url("img/tile.svg"),
@@ -288,11 +307,14 @@ class DriverParcelPage(PageHandler):
              "enabled": parcel["status"] in parcels.TRANSITIONS[status]}
             for status, label in DRIVER_STEPS
         ]
+        view = parcel_view(parcel)
+        finished = DRIVER_TEXTS["finished"].format(status=view["status_label"].lower())
         self.page(
             "driver_parcel.html",
-            parcel=parcel_view(parcel),
+            parcel=view,
             steps=steps,
-            labels_json=json.dumps(STATUS_LABELS),
+            help_text=finished if view["finished"] else DRIVER_TEXTS["help_off"],
+            rules_json=page_rules(texts=DRIVER_TEXTS, send_every_s=DRIVER_SEND_EVERY),
             ws_url=self.config.public_ws_url,
         )
 
@@ -372,12 +394,9 @@ class DispatchAssign(PageHandler):
         parcel = await self.visible_parcel(parcel_id)
         named = self.get_body_argument("driver", "").strip()
         found = await users.find_by_email(self.db, named) if "@" in named and len(named) <= 254 else None
-        if not found or found[0].role != "driver":
+        if not may_drive(found and found[0]):
             raise Refused(400, "Choose one of the drivers in the list (type a name or an e-mail).")
-        try:
-            await self.assign_driver(parcel, found[0].id)
-        except Refused as e:
-            raise Refused(e.status_code, f"Parcel #{parcel['_id']}: {e}.") from None
+        await self.assign(parcel, found[0])
         self.redirect(f"/dispatch?assigned={parcel['_id']}#parcel-{parcel['_id']}")
 
 

@@ -50,6 +50,25 @@ def can_send_location(user: User, parcel: Mapping[str, Any]) -> bool:
     return user.role == "driver" and parcel.get("driver_id") == user.id
 
 
+def can_create_parcels(user: User) -> bool:
+    """Clients create parcels for themselves; dispatchers for a client they name."""
+    return user.role in ("client", "dispatcher")
+
+
+def names_owner(user: User) -> bool:
+    """Does this user say whose parcel it creates (a dispatcher), or is it their own (a client)?"""
+    return user.role == "dispatcher"
+
+
+def may_own_parcels(user: User | None) -> bool:
+    return user is not None and user.role == "client"
+
+
+def may_drive(user: User | None) -> bool:
+    """Can parcels be assigned to this user?"""
+    return user is not None and user.role == "driver"
+
+
 def can_assign(user: User) -> bool:
     return user.role == "dispatcher"
 

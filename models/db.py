@@ -115,7 +115,7 @@ class Database:
             return
         if schema is not None and schema["value"] >= SCHEMA_VERSION:
             return
-        async for doc in self.parcels.find({}, {"_id": 1, "status": 1, "created_at": 1}):
+        async for doc in self.parcels.find({"seq": {"$exists": False}}, {"_id": 1, "status": 1, "created_at": 1}):
             timeline = [{"status": "pending", "timestamp": doc.get("created_at")}]
             if doc["status"] != "pending":
                 timeline.append({"status": doc["status"], "timestamp": None})  # when is not known

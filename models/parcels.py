@@ -19,6 +19,7 @@ from models.db import Database, iso, next_window, utcnow
 STATUSES = ("pending", "assigned", "picked_up", "in_transit", "delivered", "cancelled")
 FINISHED = frozenset({"delivered", "cancelled"})
 ACTIVE = tuple(s for s in STATUSES if s not in FINISHED)
+EN_ROUTE = ("picked_up", "in_transit")  # the parcel is on its way to the destination
 
 # Allowed moves through POST /status (assignment has its own endpoint).
 TRANSITIONS: dict[str, frozenset[str]] = {

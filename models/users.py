@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,13 +11,34 @@ from pymongo.errors import DuplicateKeyError
 from models.access import ROLES, User
 from models.db import Database, utcnow
 
+MAX_EMAIL = 254
+# An address a mail server would take, in ASCII: no spaces, control characters or quoting.
+EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+
 
 class EmailTaken(ValueError):
     """A user with that email exists already."""
 
 
+class InvalidEmail(ValueError):
+    """Not an e-mail address; `str()` says why, for the person."""
+
+
 def normalise_email(email: str) -> str:
     return email.strip().lower()
+
+
+def check_email(email: object) -> str:
+    """The address, trimmed and lower-cased, if it is one: the one rule for the API and the CLI."""
+    if not isinstance(email, str) or not email.strip():
+        raise InvalidEmail("email is required")
+    email = normalise_email(email)
+    if len(email) > MAX_EMAIL:
+        raise InvalidEmail(f"email must be at most {MAX_EMAIL} characters")
+    if not EMAIL.fullmatch(email):
+        raise InvalidEmail("email must be an address like name@example.com")
+    return email
 
 
 def _user(doc: dict[str, Any]) -> User:
@@ -26,7 +48,7 @@ def _user(doc: dict[str, Any]) -> User:
 async def create_user(db: Database, *, email: str, password_hash: str, role: str, name: str = "") -> User:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    email = normalise_email(email)
+    email = check_email(email)
     if await db.users.find_one({"email": email}, {"_id": 1}):
         raise EmailTaken(email)
     doc = {

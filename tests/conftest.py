@@ -100,9 +100,7 @@ class World:
         )
         if driver is not None:
             parcel, _ = await parcels.assign_driver(self.app.db, parcel["_id"], driver.id)
-        path = {"picked_up": ["picked_up"], "in_transit": ["picked_up", "in_transit"],
-                "delivered": ["picked_up", "in_transit", "delivered"], "cancelled": ["cancelled"]}
-        for step in path.get(status, []):
+        for step in path_to(status):
             parcel = await parcels.set_status(self.app.db, parcel["_id"], step)
         return parcel
 
@@ -158,6 +156,17 @@ class World:
             snapshot = await recv(ws)
             assert snapshot["type"] == "location_update", snapshot
         return ws
+
+
+def path_to(status: str) -> list[str]:
+    """The moves through POST /status that take an assigned (or pending) parcel to `status`,
+    read from the lifecycle's own table."""
+    path: list[str] = []
+    while status in parcels.TRANSITIONS:
+        path.insert(0, status)
+        sources = parcels.TRANSITIONS[status]
+        status = next((s for s in ("assigned", "pending") if s in sources), min(sources))
+    return path
 
 
 def claims(user: User, **changes: Any) -> dict[str, Any]:

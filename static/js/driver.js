@@ -11,14 +11,12 @@
 import { loginUrl, TrackingSocket } from "./tracking-socket.js";
 import { clock, dataJSON, duration, everySecond, showConnection, showStatus, toast } from "./ui.js";
 
-const SEND_EVERY_MS = 5000;
-const FINISHED = new Set(["delivered", "cancelled"]);
-const HELP_ON = "Sharing your position with the customer every 5 seconds.";
-const HELP_OFF = "Turn tracking on to share your position with the customer every 5 seconds.";
-
 const root = document.getElementById("driver");
 const parcelId = Number(root.dataset.parcelId);
-const labels = dataJSON(root, "labels");
+// The server's rules and texts (handlers/pages.py), not copies of them.
+const { labels, finished, texts, send_every_s: sendEvery } = dataJSON(root, "rules");
+const FINISHED = new Set(finished);
+const SEND_EVERY_MS = sendEvery * 1000;
 const xsrfToken = document.querySelector('meta[name="xsrf-token"]').content;
 const $ = (id) => document.getElementById(id);
 const toggle = $("tracking-toggle");
@@ -39,7 +37,7 @@ function showTracking() {
   toggle.setAttribute("aria-pressed", String(tracking));
   toggle.classList.toggle("is-on", tracking);
   $("tracking-state").textContent = tracking ? "On" : "Off";
-  if (!FINISHED.has(status)) $("tracking-help").textContent = tracking ? HELP_ON : HELP_OFF;
+  if (!FINISHED.has(status)) $("tracking-help").textContent = tracking ? texts.help_on : texts.help_off;
 }
 
 function showProblem(text) {
@@ -70,7 +68,7 @@ function setStatus(next) {
   if (FINISHED.has(status)) {
     if (tracking) stop();
     toggle.disabled = true;
-    $("tracking-help").textContent = `This parcel is ${(labels[status] || status).toLowerCase()}: there is nothing left to track.`;
+    $("tracking-help").textContent = texts.finished.replace("{status}", (labels[status] || status).toLowerCase());
   }
 }
 

@@ -15,13 +15,14 @@ import { dataJSON, duration, everySecond, showConnection, showStatus, toast } fr
 const L = window.L;
 const GLIDE_MS = 1000;
 const STALE_AFTER_MS = 30000;
-const ROUTE_STATUSES = new Set(["picked_up", "in_transit"]);
-const FINISHED = new Set(["delivered", "cancelled"]);
 const OSM_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors';
 
 const root = document.getElementById("tracker");
 const parcel = dataJSON(root, "parcel");
-const labels = dataJSON(root, "labels");
+// The server's rules (handlers/pages.py), not copies of them.
+const { labels, finished, en_route: enRoute } = dataJSON(root, "rules");
+const FINISHED = new Set(finished);
+const ROUTE_STATUSES = new Set(enRoute); // heading for the destination
 const followBox = document.getElementById("follow");
 const positionText = document.getElementById("driver-position");
 const updatedText = document.getElementById("updated");
