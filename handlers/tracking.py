@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -68,7 +67,7 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
             return  # the peer left while we looked the parcel up
         self.user, self.parcel_id = user, parcel_id
         snapshot = self.hub.subscribe(self, parcel)
-        self._send({"type": "subscribed", "parcel_id": parcel_id, "role": user.role, "status": parcel["status"]})
+        self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"]))
         if snapshot:
             self.send_text(snapshot)
 
@@ -85,10 +84,10 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
 
     def _authorise_location(self) -> None:
         state = self.hub.parcel_state(self.parcel_id)
-        if not can_send_location(self.user, state):
+        if not can_send_location(self.user, state.driver_id):
             raise protocol.ProtocolError("only the parcel's assigned driver can send its location")
-        if state["status"] in parcels.FINISHED:
-            raise protocol.ProtocolError(f"the parcel is {state['status']}; its location is no longer tracked")
+        if state.finished:
+            raise protocol.ProtocolError(f"the parcel is {state.status}; its location is no longer tracked")
 
     def _check_rate(self) -> None:
         now = time.monotonic()
@@ -126,9 +125,6 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
 
     def revoke(self, message: str) -> None:
         self._reject(CLOSE_FORBIDDEN, message)
-
-    def _send(self, message: dict[str, Any]) -> None:
-        self.send_text(json.dumps(message))
 
     def _reject(self, code: int, message: str) -> None:
         self.send_text(protocol.error(message))

@@ -46,8 +46,9 @@ def visible_scope(user: User) -> dict[str, Any] | None:
     return None
 
 
-def can_send_location(user: User, parcel: Mapping[str, Any]) -> bool:
-    return user.role == "driver" and parcel.get("driver_id") == user.id
+def can_send_location(user: User, driver_id: int | None) -> bool:
+    """Only the driver a parcel is assigned to (`driver_id`) sends its location."""
+    return user.role == "driver" and driver_id == user.id
 
 
 def can_create_parcels(user: User) -> bool:

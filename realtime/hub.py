@@ -1,24 +1,26 @@
 """The hub: per-parcel subscribers held in the IOLoop, fan-out and sampling.
 
 Handlers hand the hub what they have validated and authorised; the hub
-serialises each event once, sends the same text to every subscriber of the
-parcel, keeps the latest location of each parcel for the snapshot on connect,
-and passes every Nth accepted location (and a driver's last one when their
-socket closes) to the sample writer, never making the broadcast wait for it.
+serialises each event once (through `realtime.protocol`), sends the same text to
+every subscriber of the parcel, keeps the latest location of each parcel for the
+snapshot on connect, and passes every Nth accepted location (and a driver's last
+one when their socket closes) to the sample writer, never making the broadcast
+wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from models import parcels
 from models.access import User
-from models.db import Database, iso, utcnow
+from models.db import Database, utcnow
 from models.locations import SampleWriter
+from realtime import protocol
 from realtime.broker import make_broker
 
 
@@ -30,6 +32,28 @@ class Subscriber(Protocol):
     def revoke(self, message: str) -> None: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class ParcelState:
+    """What the hub knows of a parcel with subscribers, for every message's check."""
+
+    driver_id: int | None
+    status: str
+    checked: float  # when it was last read from the database (time.monotonic)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in parcels.FINISHED
+
+
+@dataclass(frozen=True)
+class Position:
+    """A driver's accepted location not yet written to the history."""
+
+    driver_id: int
+    location: dict[str, Any]
+    timestamp: datetime
 
 
 class Hub:
@@ -45,10 +69,10 @@ class Hub:
         self.shutdown_timeout = shutdown_timeout
         self.broker = make_broker(broker_url, self._deliver)
         self._subscribers: dict[int, set[Subscriber]] = {}
-        self._parcels: dict[int, dict[str, Any]] = {}  # driver_id and status, for per-message checks
+        self._states: dict[int, ParcelState] = {}
         self._latest: dict[int, str] = {}  # the latest location_update text of each parcel
         self._accepted: dict[int, int] = {}
-        self._unsaved: dict[int, tuple[int, dict[str, Any], datetime]] = {}
+        self._unsaved: dict[int, Position] = {}
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -73,16 +97,15 @@ class Hub:
         """Add a subscriber; returns the snapshot to send it (the latest location), if any."""
         parcel_id = parcel["_id"]
         self._subscribers.setdefault(parcel_id, set()).add(subscriber)
-        self._parcels[parcel_id] = {
-            "driver_id": parcel.get("driver_id"), "status": parcel["status"], "checked": time.monotonic(),
-        }
+        self._states[parcel_id] = ParcelState(parcel.get("driver_id"), parcel["status"], time.monotonic())
         if parcel_id in self._latest:
             return self._latest[parcel_id]
         last = parcel.get("last_location")
         if not last:
             return None
         location = {"lat": last["lat"], "lng": last["lng"], "address": last.get("address", "")}
-        return _location_text(parcel_id, last.get("driver_id", parcel.get("driver_id")), location, last["timestamp"])
+        driver_id = last.get("driver_id", parcel.get("driver_id"))
+        return protocol.location_update(parcel_id, driver_id, location, last["timestamp"])
 
     def unsubscribe(self, subscriber: Subscriber, parcel_id: int) -> None:
         subscribers = self._subscribers.get(parcel_id)
@@ -91,19 +114,23 @@ class Hub:
         subscribers.discard(subscriber)
         if not subscribers:
             del self._subscribers[parcel_id]
-            self._parcels.pop(parcel_id, None)
+            self._states.pop(parcel_id, None)
 
     def subscriber_count(self, parcel_id: int) -> int:
         return len(self._subscribers.get(parcel_id, ()))
 
-    def parcel_state(self, parcel_id: int) -> dict[str, Any]:
-        """What the hub knows of a parcel with subscribers: its driver and status.
+    def latest_location(self, parcel_id: int) -> str | None:
+        """The latest location_update broadcast for a parcel this process has seen, if any."""
+        return self._latest.get(parcel_id)
+
+    def parcel_state(self, parcel_id: int) -> ParcelState:
+        """The driver and status of a parcel with subscribers.
 
         Read from memory (this is every message's check); a copy older than
         `state_ttl` is refreshed from the database in the background."""
-        state = self._parcels[parcel_id]
-        if time.monotonic() - state["checked"] > self.state_ttl:
-            state["checked"] = time.monotonic()
+        state = self._states[parcel_id]
+        if time.monotonic() - state.checked > self.state_ttl:
+            self._states[parcel_id] = replace(state, checked=time.monotonic())
             task = asyncio.ensure_future(self._refresh(parcel_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -111,33 +138,33 @@ class Hub:
 
     async def _refresh(self, parcel_id: int) -> None:
         parcel = await parcels.get_parcel(self.db, parcel_id)
-        state = self._parcels.get(parcel_id)
+        state = self._states.get(parcel_id)
         if parcel is None or state is None:
             return
-        if (parcel["status"], parcel.get("driver_id")) != (state["status"], state["driver_id"]):
-            self.parcel_changed(parcel, previous_driver_id=state["driver_id"])
+        if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
+            self.parcel_changed(parcel, previous_driver_id=state.driver_id)
 
     # -- events in -----------------------------------------------------------
 
     def publish_location(self, parcel_id: int, driver_id: int, location: dict[str, Any]) -> None:
         """An accepted location: broadcast it, and sample it for the history."""
-        timestamp = utcnow()
+        position = Position(driver_id, location, utcnow())
         count = self._accepted.get(parcel_id, 0) + 1
         self._accepted[parcel_id] = count
         if count % self.sample_every == 0:
             self._unsaved.pop(parcel_id, None)
-            self.writer.add(parcel_id, driver_id, location, timestamp)
+            self.writer.add(parcel_id, driver_id, location, position.timestamp)
         else:
-            self._unsaved[parcel_id] = (driver_id, location, timestamp)
+            self._unsaved[parcel_id] = position
         self.broker.publish({
             "kind": "location", "parcel_id": parcel_id,
-            "text": _location_text(parcel_id, driver_id, location, timestamp),
+            "text": protocol.location_update(parcel_id, driver_id, location, position.timestamp),
         })
 
     def driver_left(self, parcel_id: int, driver_id: int) -> None:
         """A driver's socket closed: their latest accepted update is written too."""
         unsaved = self._unsaved.get(parcel_id)
-        if unsaved and unsaved[0] == driver_id:
+        if unsaved and unsaved.driver_id == driver_id:
             self._save_unsaved(parcel_id)
 
     def parcel_changed(self, parcel: dict[str, Any], previous_driver_id: int | None = None) -> None:
@@ -149,48 +176,42 @@ class Hub:
         })
 
     def _save_unsaved(self, parcel_id: int) -> None:
-        driver_id, location, timestamp = self._unsaved.pop(parcel_id)
-        self.writer.add(parcel_id, driver_id, location, timestamp)
+        position = self._unsaved.pop(parcel_id)
+        self.writer.add(parcel_id, position.driver_id, position.location, position.timestamp)
 
     # -- events out (from the broker, in every process) -----------------------
 
     def _deliver(self, event: dict[str, Any]) -> None:
         parcel_id = event["parcel_id"]
         if event["kind"] == "location":
-            text = event["text"]
-            self._latest[parcel_id] = text
+            text = self._latest[parcel_id] = event["text"]
         else:
-            text = self._parcel_event(parcel_id, event)
+            self._apply_change(parcel_id, event["driver_id"], event["status"])
+            if event["revoke_driver_id"] is not None:
+                self._revoke_driver(parcel_id, event["revoke_driver_id"])
+            text = protocol.status(parcel_id, event["status"], utcnow())
+        self._send(parcel_id, text)
+
+    def _send(self, parcel_id: int, text: str) -> None:
         for subscriber in list(self._subscribers.get(parcel_id, ())):
             subscriber.send_text(text)
 
-    def _parcel_event(self, parcel_id: int, event: dict[str, Any]) -> str:
-        state = self._parcels.get(parcel_id)
+    def _apply_change(self, parcel_id: int, driver_id: int | None, status: str) -> None:
+        """Remember a parcel's new driver and status; once it is finished, save its final
+        position and forget its journey."""
+        state = self._states.get(parcel_id)
         if state is not None:
-            state.update(driver_id=event["driver_id"], status=event["status"])
-        if event["status"] in parcels.FINISHED:
-            # Its journey is over: keep its final position, and let the hub forget it.
+            self._states[parcel_id] = replace(state, driver_id=driver_id, status=status)
+        if status in parcels.FINISHED:
             if parcel_id in self._unsaved:
                 self._save_unsaved(parcel_id)
             self._accepted.pop(parcel_id, None)
             self._latest.pop(parcel_id, None)
-        revoked = event.get("revoke_driver_id")
-        if revoked is not None:
-            self._latest.pop(parcel_id, None)  # the old driver's position is not the parcel's now
-            for subscriber in list(self._subscribers.get(parcel_id, ())):
-                if subscriber.user.role == "driver" and subscriber.user.id == revoked:
-                    self.unsubscribe(subscriber, parcel_id)
-                    subscriber.revoke("you are no longer assigned to this parcel")
-        return json.dumps(
-            {"type": "status", "parcel_id": parcel_id, "status": event["status"], "timestamp": iso(utcnow())}
-        )
 
-
-def _location_text(parcel_id: int, driver_id: int | None, location: dict[str, Any], timestamp: datetime) -> str:
-    return json.dumps({
-        "type": "location_update",
-        "driver_id": str(driver_id) if driver_id is not None else None,
-        "location": location,
-        "parcel_id": parcel_id,
-        "timestamp": iso(timestamp),
-    })
+    def _revoke_driver(self, parcel_id: int, driver_id: int) -> None:
+        """A replaced driver's sockets are closed (4403); their position is not the parcel's now."""
+        self._latest.pop(parcel_id, None)
+        for subscriber in list(self._subscribers.get(parcel_id, ())):
+            if subscriber.user.role == "driver" and subscriber.user.id == driver_id:
+                self.unsubscribe(subscriber, parcel_id)
+                subscriber.revoke("you are no longer assigned to this parcel")

@@ -1,15 +1,18 @@
-"""The tracking socket's message protocol (CONTRACT §4): parsing and validation.
+"""The tracking socket's message protocol (docs/protocol.md, "The tracking socket").
 
 Everything here is pure: a text frame in, a clean location or a `ProtocolError`
-with the message the driver sees out.
+with the message the driver sees out; and every message the server sends, built
+here and nowhere else.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from models import geo
+from models.db import iso
 
 # Optional extras a driver may add, with the range each must lie in.
 EXTRAS = {"accuracy": (0.0, 1e6), "heading": (0.0, 360.0), "speed": (0.0, 1e4)}
@@ -51,5 +54,26 @@ def parse_location(message: dict[str, Any], parcel_id: int) -> dict[str, Any]:
     return location
 
 
+# -- messages out -------------------------------------------------------------------
+
+
 def error(message: str) -> str:
     return json.dumps({"type": "error", "message": message})
+
+
+def subscribed(parcel_id: int, role: str, status: str) -> str:
+    return json.dumps({"type": "subscribed", "parcel_id": parcel_id, "role": role, "status": status})
+
+
+def location_update(parcel_id: int, driver_id: int | None, location: dict[str, Any], timestamp: datetime) -> str:
+    return json.dumps({
+        "type": "location_update",
+        "driver_id": str(driver_id) if driver_id is not None else None,
+        "location": location,
+        "parcel_id": parcel_id,
+        "timestamp": iso(timestamp),
+    })
+
+
+def status(parcel_id: int, status: str, timestamp: datetime) -> str:
+    return json.dumps({"type": "status", "parcel_id": parcel_id, "status": status, "timestamp": iso(timestamp)})

@@ -152,7 +152,7 @@ class World:
         first = await recv(ws)
         assert first["type"] == "subscribed", first
         if (await parcels.get_parcel(self.app.db, parcel["_id"])).get("last_location") or \
-                parcel["_id"] in self.app.hub._latest:
+                self.app.hub.latest_location(parcel["_id"]):
             snapshot = await recv(ws)
             assert snapshot["type"] == "location_update", snapshot
         return ws
