@@ -33,7 +33,7 @@ from handlers import api, pages, tracking
 from handlers.base import ApiNotFound
 from models import demo, geo, parcels, users
 from models.access import ROLES, may_drive, may_own_parcels
-from models.db import Database, DatabaseUnavailable
+from models.db import ID, Database, DatabaseUnavailable
 from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
 from realtime.broker import BrokerUnavailable
@@ -59,6 +59,7 @@ class Application(tornado.web.Application):
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        parcel = f"({ID})"
         routes = [
             (r"/ws/tracking/?", tracking.TrackingSocket),
             (r"/api/token/?", api.TokenHandler),
@@ -67,12 +68,21 @@ class Application(tornado.web.Application):
             (r"/api/me/?", api.MeHandler),
             (r"/api/users/?", api.UsersHandler),
             (r"/api/parcels/?", api.ParcelsHandler),
-            (r"/api/parcels/(\d{1,18})/?", api.ParcelHandler),
-            (r"/api/parcels/(\d{1,18})/assign/?", api.AssignHandler),
-            (r"/api/parcels/(\d{1,18})/status/?", api.StatusHandler),
-            (r"/api/parcels/(\d{1,18})/locations/?", api.LocationsHandler),
+            (rf"/api/parcels/{parcel}/?", api.ParcelHandler),
+            (rf"/api/parcels/{parcel}/assign/?", api.AssignHandler),
+            (rf"/api/parcels/{parcel}/status/?", api.StatusHandler),
+            (rf"/api/parcels/{parcel}/locations/?", api.LocationsHandler),
             (r"/api/.*", ApiNotFound),
-            *pages.ROUTES,
+            (r"/login", pages.LoginPage),
+            (r"/logout", pages.LogoutHandler),
+            (r"/", pages.HomePage),
+            (r"/parcels/?", pages.ClientParcelsPage),
+            (rf"/parcels/{parcel}/track/?", pages.TrackPage),
+            (r"/driver/?", pages.DriverParcelsPage),
+            (rf"/driver/parcels/{parcel}/?", pages.DriverParcelPage),
+            (r"/dispatch/?", pages.DispatchPage),
+            (rf"/dispatch/parcels/{parcel}/assign", pages.DispatchAssign),
+            (r".*", pages.NotFoundPage),  # last: every other address gets the 404 page
         ]
         super().__init__(
             routes,

@@ -9,6 +9,7 @@ which a browser cannot forge.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -108,7 +109,7 @@ class BaseHandler(tornado.web.RequestHandler):
         raw = self.get_query_argument(name, "").strip()
         if not raw:
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not re.fullmatch(r"[0-9]{1,20}", raw) or not low <= int(raw) <= high:
             raise Refused(400, f"{name} must be a whole number from {low} to {high}")
         return int(raw)
 

@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 from handlers.base import LOGIN_COOKIE, BaseHandler, Refused, retry_after
 from models import parcels, users
 from models.access import User, may_drive
-from models.db import MAX_ID
+from models.db import MAX_ID, parse_id
 from settings import Settings
 
 HOME_BY_ROLE = {"client": "/parcels", "driver": "/driver", "dispatcher": "/dispatch"}
@@ -335,8 +335,9 @@ class DispatchPage(PageHandler):
         scope, problem = await self.search_scope(search)
         rows: list[dict[str, Any]] = []
         later: dict[str, Any] | None = None
-        if scope is not None and search.isdigit():
-            found = await parcels.get_parcel(self.db, int(search)) if len(search) < 19 else None
+        if scope is not None and search.isascii() and search.isdigit():
+            parcel_id = parse_id(search)
+            found = await parcels.get_parcel(self.db, parcel_id) if parcel_id else None
             wanted = DISPATCH_FILTERS[shown]
             rows = [found] if found and (wanted is None or found["status"] in wanted) else []
         elif scope is not None and shown:
@@ -364,7 +365,7 @@ class DispatchPage(PageHandler):
     async def search_scope(self, search: str) -> tuple[dict[str, Any] | None, str]:
         """Which parcels a search names: everyone's ({}), a client's or a driver's; None and
         a message when it names nobody."""
-        if not search or search.isdigit():
+        if not search or (search.isascii() and search.isdigit()):
             return {}, ""
         found = await users.find_by_email(self.db, search)
         user = found[0] if found else None
@@ -377,10 +378,10 @@ class DispatchPage(PageHandler):
         return {i: user_label(u) for i, u in people.items()}
 
     async def assigned_notice(self) -> str:
-        assigned = self.get_query_argument("assigned", "")
-        if not assigned.isdigit() or len(assigned) > 18:
+        assigned = parse_id(self.get_query_argument("assigned", ""))
+        if assigned is None:
             return ""
-        parcel = await parcels.get_parcel(self.db, int(assigned))
+        parcel = await parcels.get_parcel(self.db, assigned)
         driver = parcel and parcel.get("driver_id") and await users.get_user(self.db, parcel["driver_id"])
         return f"Parcel #{parcel['_id']} is now assigned to {user_label(driver)}." if driver else ""
 
@@ -410,16 +411,3 @@ class NotFoundPage(PageHandler):
         await super().prepare()
         raise Refused(404, "There is no page at this address.")
 
-
-ROUTES = [
-    (r"/login", LoginPage),
-    (r"/logout", LogoutHandler),
-    (r"/", HomePage),
-    (r"/parcels/?", ClientParcelsPage),
-    (r"/parcels/(\d{1,18})/track/?", TrackPage),
-    (r"/driver/?", DriverParcelsPage),
-    (r"/driver/parcels/(\d{1,18})/?", DriverParcelPage),
-    (r"/dispatch/?", DispatchPage),
-    (r"/dispatch/parcels/(\d{1,18})/assign", DispatchAssign),
-    (r".*", NotFoundPage),  # last: every other address gets the 404 page
-]

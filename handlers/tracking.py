@@ -14,6 +14,7 @@ import tornado.websocket
 from auth import tokens
 from models import parcels
 from models.access import User, can_send_location, can_view
+from models.db import parse_id
 from realtime import protocol
 from realtime.hub import Hub
 
@@ -58,8 +59,7 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
             user = tokens.verify(self._argument("token"), "access", self.application.config.secret_key)
         except tokens.TokenError as e:
             return self._reject(CLOSE_UNAUTHENTICATED, str(e))
-        # Parcel ids are 1 to 18 digits (as in the API's routes); any other integer names no parcel.
-        parcel_id = int(raw_id) if re.fullmatch(r"[0-9]{1,18}", raw_id) else None
+        parcel_id = parse_id(raw_id)  # any other integer names no parcel
         parcel = None if parcel_id is None else await parcels.get_parcel(self.application.db, parcel_id)
         if parcel is None or not can_view(user, parcel):
             return self._reject(CLOSE_FORBIDDEN, NOT_ALLOWED)

@@ -7,6 +7,7 @@ Every query in `models/` has a shape the embedded server answers from an index
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
@@ -14,7 +15,13 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 SEQUENCES = ("users", "parcels")
 MAX_ID = 2**63 - 1  # ids are BSON int64
+ID = r"[0-9]{1,18}"  # an id as it appears in a URL (routes, query arguments): always fits MAX_ID
 SCHEMA_VERSION = 2  # 2: parcels carry `seq` (their id again, for ranges) and `timeline`
+
+
+def parse_id(text: str) -> int | None:
+    """The id a URL names, or None when the text is not one (ASCII digits, at most 18)."""
+    return int(text) if re.fullmatch(ID, text) else None
 
 
 def next_window(size: float, found: int, wanted: int) -> float:
