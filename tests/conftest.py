@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 import tornado.web
+from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -67,12 +68,9 @@ def app(io_loop, config: Settings, db_server: str) -> Application:
     io_loop.run_sync(application.start)
     yield application
 
-    async def teardown() -> None:
-        await application.hub.stop()
-        await application.db.client.drop_database(config.mongodb_db)
-        await application.db.close()
-
-    io_loop.run_sync(teardown)
+    io_loop.run_sync(application.stop)
+    with MongoClient(db_server) as client:
+        client.drop_database(config.mongodb_db)
 
 
 class World:

@@ -177,8 +177,7 @@ async def another_server(world: World, db_server: str) -> AsyncIterator[World]:
     finally:
         server.stop()
         await server.close_all_connections()
-        await app.hub.stop()
-        await app.db.close()
+        await app.stop()
 
 
 async def socket_closed_by_server(world: World, scene: Scene, ws: WebSocketClientConnection) -> None:
