@@ -1,4 +1,4 @@
-"""Settings: every knob of CONTRACT §1, read once from the environment.
+"""Settings: every knob of the README's "Configuration", read once from the environment.
 
 `Settings.from_env()` is the only place that reads `os.environ`; everything else
 receives a `Settings` object, so tests build one with plain keyword overrides.
@@ -53,7 +53,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
-        """Read the environment (defaults as in CONTRACT §1), then apply overrides."""
+        """Read the environment (the defaults are the README's), then apply overrides."""
         env = os.environ if env is None else env
         values = dict(
             data_dir=Path(env.get("DATA_DIR") or "./data"),

@@ -1,6 +1,6 @@
 """A year of a delivery business in the embedded database: is every operation still fast? (`make bench-volume`)
 
-It answers two questions (CONTRACT §6):
+It answers two questions (docs/protocol.md, "Lists that page" and "Query shapes"):
 
 1. With 100,000 parcels, 5,505 users and 1,000,000 sampled locations in SecantusDB,
    does every page, API call and socket handshake answer in at most 50 ms?

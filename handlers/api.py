@@ -1,4 +1,4 @@
-"""The JSON API of CONTRACT §3: tokens, the caller, users and parcels."""
+"""The JSON API (docs/protocol.md, "Identity", "Parcels and who sees them"): tokens, the caller, users and parcels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Server-rendered pages (CONTRACT §5): login, the role homes, the live map and the driver's page.
+"""Server-rendered pages (docs/protocol.md, "Pages"): login, the role homes, the live map and the driver's page.
 
 Every page goes through `PageHandler`, which sets the page-only headers (a
 Content-Security-Policy without inline scripts, no caching of personal pages),

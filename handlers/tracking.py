@@ -1,4 +1,7 @@
-"""The tracking WebSocket (CONTRACT §4): authenticate, authorise, validate, hand to the hub."""
+"""The tracking WebSocket (docs/protocol.md, "The tracking socket").
+
+Authenticate, authorise, validate, and hand to the hub.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Who may see and do what on a parcel: decided here once, for pages, API and socket.
 
-CONTRACT §2: the assigned driver, the owning client and any dispatcher may watch a
+docs/protocol.md, "Parcels and who sees them": the assigned driver, the owning client and any dispatcher may watch a
 parcel; only the assigned driver may send its location; nobody else sees it at all.
 """
 

@@ -28,7 +28,7 @@ log = logging.getLogger("parcel.locations")
 
 BATCH_SIZE = 200
 MAX_HISTORY_PAGE = 10_000
-# How far a fix's time may lie from the server's (CONTRACT: offline batches up to 24 h old).
+# How far a fix's time may lie from the server's (docs/protocol.md: offline batches up to 24 h old).
 EARLIEST_FIX = timedelta(hours=24)
 LATEST_FIX = timedelta(seconds=60)
 FIRST_WINDOW = timedelta(hours=1)  # when the parcel's sampling density is not known

@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT §3 over real HTTP: tokens, visibility, lifecycle, errors."""
+"""The HTTP API (docs/protocol.md) over real HTTP: tokens, visibility, lifecycle, errors."""
 
 from __future__ import annotations
 

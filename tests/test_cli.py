@@ -1,4 +1,7 @@
-"""The command line (CONTRACT §1): what it prints, and exit status 2 with one line for bad arguments."""
+"""The command line (docs/protocol.md, "Commands and settings").
+
+What it prints, and exit status 2 with one line for bad arguments.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Persistence of live locations (CONTRACT §4): the sampling rule, the write on close, failing writes.
+"""Persistence of live locations (docs/protocol.md, "What is stored").
+
+The sampling rule, the write on close, failing writes.
 
 Every LOCATION_SAMPLE_EVERY-th accepted update of a parcel goes to its sampled history
 and becomes its `last_location`; when the driver's socket closes its latest accepted

@@ -1,4 +1,4 @@
-"""The tracking WebSocket from the outside (CONTRACT §4 and the permissions table of §2).
+"""The tracking WebSocket from the outside (docs/protocol.md, "The tracking socket" and "Parcels and who sees them").
 
 Real sockets on a real port, the real embedded database, no mocks. Every wait is
 bounded; "nothing arrives" is a short bounded wait whose reason is given where it

@@ -1,5 +1,5 @@
 /**
- * The tracking socket: the page's end of CONTRACT §4 (the counterpart of the
+ * The tracking socket: the page's end of docs/protocol.md, "The tracking socket" (the counterpart of the
  * seed's useTrackingSocket hook).
  *
  * Before every connect it asks GET /api/token/ws/ (the login cookie) for a
