@@ -14,9 +14,6 @@ from pathlib import Path
 
 DEFAULT_TILE_URL = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
 
-# Socket tuning that is not part of the contract but must not be Tornado's default.
-WEBSOCKET_PING_INTERVAL = 25  # seconds; Tornado sends no pings unless this is set
-WEBSOCKET_PING_TIMEOUT = 20  # seconds without a pong before the socket is closed (≤ the interval)
 WEBSOCKET_MAX_MESSAGE_SIZE = 4 * 1024  # bytes; a larger frame closes with 1009
 MAX_API_BODY_SIZE = 64 * 1024  # bytes; a larger JSON body gets 413
 
@@ -49,6 +46,8 @@ class Settings:
     retention_interval: float = 3600.0  # seconds between two passes deleting expired samples
     shutdown_timeout: float = 8.0  # seconds SIGTERM may spend writing what is queued
     parcel_state_ttl: float = 5.0  # see realtime.hub.Hub
+    ws_ping_interval: float = 25.0  # seconds; Tornado sends no pings unless this is set
+    ws_ping_timeout: float = 20.0  # seconds without a pong before a socket is closed (≤ the interval)
     debug: bool = False
 
     @classmethod

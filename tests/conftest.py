@@ -185,6 +185,14 @@ async def recv(ws: WebSocketClientConnection, within: float = 5.0) -> dict[str, 
     return None if message is None else json.loads(message)
 
 
+def refused(response: HTTPResponse, status: int, context: Any = None) -> str:
+    """An API refusal: this status and a body of exactly `{"error": <a message>}`; returns the message."""
+    assert response.code == status, (context, response.code, response.body)
+    answer = json.loads(response.body)
+    assert set(answer) == {"error"} and isinstance(answer["error"], str) and answer["error"].strip(), (context, answer)
+    return answer["error"]
+
+
 def body(response: HTTPResponse) -> Any:
     return json.loads(response.body)
 

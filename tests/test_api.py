@@ -9,7 +9,7 @@ import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from tests.conftest import PASSWORD, TEST_SECRET, body, claims
+from tests.conftest import PASSWORD, TEST_SECRET, body, claims, refused
 
 
 async def login_token(world, email: str, password: str = PASSWORD):
@@ -57,7 +57,7 @@ async def test_token_pair_for_right_password_and_one_message_for_both_wrongs(wor
 
     wrong_password = await login_token(world, "asha@example.test", "not the password")
     unknown_email = await login_token(world, "nobody@example.test")
-    assert wrong_password.code == unknown_email.code == 401
+    assert refused(wrong_password, 401) == refused(unknown_email, 401)
     assert body(wrong_password) == body(unknown_email) == {"error": "wrong email or password"}
 
 
@@ -65,17 +65,17 @@ async def test_token_pair_for_right_password_and_one_message_for_both_wrongs(wor
 async def test_repeated_failed_logins_are_throttled(world):
     await world.user("client", email="victim@example.test")
     for _ in range(world.app.config.login_max_failures):
-        assert (await login_token(world, "victim@example.test", "guess")).code == 401
+        refused(await login_token(world, "victim@example.test", "guess"), 401)
     throttled = await login_token(world, "victim@example.test", PASSWORD)
-    assert throttled.code == 429
+    refused(throttled, 429)
     assert "try again" in body(throttled)["error"]
     assert int(throttled.headers["Retry-After"]) > 0
 
 
 @pytest.mark.gen_test
 async def test_token_endpoint_rejects_malformed_bodies(world):
-    assert (await world.api("POST", "/api/token/", raw=b"{not json")).code == 400
-    assert (await world.api("POST", "/api/token/", body=["a", "b"])).code == 400
+    refused(await world.api("POST", "/api/token/", raw=b"{not json"), 400)
+    refused(await world.api("POST", "/api/token/", body=["a", "b"]), 400)
     missing = await world.api("POST", "/api/token/", body={"email": "x@example.test"})
     assert missing.code == 400 and "required" in body(missing)["error"]
 
@@ -89,7 +89,7 @@ async def test_refresh_gives_a_new_access_token_and_refuses_anything_else(world)
     assert (await world.api("GET", "/api/me/", headers=bearer(body(refreshed)["access"]))).code == 200
     for bad in (pair["access"], "garbage", None):
         r = await world.api("POST", "/api/token/refresh/", body={"refresh": bad})
-        assert r.code == 401 and body(r)["error"]
+        refused(r, 401)
 
 
 @pytest.mark.gen_test
@@ -109,18 +109,18 @@ async def test_api_refuses_bad_tokens(world):
     }
     for name, token in cases.items():
         r = await world.api("GET", "/api/me/", headers=bearer(token))
-        assert r.code == 401, name
+        refused(r, 401, name)
         assert body(r)["error"], name
-    assert (await world.api("GET", "/api/me/", headers={"Authorization": f"Basic {good}"})).code == 401
-    assert (await world.api("GET", "/api/me/")).code == 401
+    refused(await world.api("GET", "/api/me/", headers={"Authorization": f"Basic {good}"}), 401)
+    refused(await world.api("GET", "/api/me/"), 401)
     assert (await world.api("GET", "/api/me/", headers=bearer(good))).code == 200
 
 
 @pytest.mark.gen_test
 async def test_socket_token_needs_the_login_cookie(world):
     user = await world.user("client")
-    assert (await world.api("GET", "/api/token/ws/")).code == 401
-    assert (await world.api("GET", "/api/token/ws/", user=user)).code == 401  # Bearer is not a browser login
+    refused(await world.api("GET", "/api/token/ws/"), 401)
+    refused(await world.api("GET", "/api/token/ws/", user=user), 401)  # Bearer is not a browser login
     cookies = await browser_login(world, user.email)
     r = await world.api("GET", "/api/token/ws/", headers=cookies)
     assert r.code == 200
@@ -147,7 +147,7 @@ async def test_dispatcher_creates_users_and_emails_are_unique_ignoring_case(worl
     assert body(created) == {"id": body(created)["id"], "email": "new.driver@example.test", "name": "Nia",
                              "role": "driver"}
     again = await world.api("POST", "/api/users/", dispatcher, body={**new, "email": "NEW.driver@example.TEST"})
-    assert again.code == 409
+    refused(again, 409)
     assert (await login_token(world, "new.driver@example.test", "long enough")).code == 200
 
 
@@ -156,12 +156,12 @@ async def test_user_creation_refuses_bad_input_and_non_dispatchers(world):
     dispatcher = await world.user("dispatcher")
     client = await world.user("client")
     good = {"email": "a@example.test", "password": "long enough", "role": "client"}
-    assert (await world.api("POST", "/api/users/", client, body=good)).code == 403
+    refused(await world.api("POST", "/api/users/", client, body=good), 403)
     for bad in ({**good, "role": "admin"}, {**good, "password": "short"}, {**good, "email": "nope"},
                 {**good, "password": 12345678}, {**good, "name": ["x"]}):
         r = await world.api("POST", "/api/users/", dispatcher, body=bad)
-        assert r.code == 400 and body(r)["error"], bad
-    assert (await login_token(world, "a@example.test", "long enough")).code == 401  # nothing half-made
+        refused(r, 400, bad)
+    refused(await login_token(world, "a@example.test", "long enough"), 401)  # nothing half-made
 
 
 # -- parcels -------------------------------------------------------------------------
@@ -214,11 +214,10 @@ async def test_creating_parcels(world):
     for_client = await world.api("POST", "/api/parcels/", dispatcher,
                                  body={"pickup": spot, "destination": spot, "owner_id": client.id})
     assert for_client.code == 201 and body(for_client)["owner_id"] == client.id
-    assert (await world.api("POST", "/api/parcels/", dispatcher, body={"pickup": spot, "destination": spot})).code \
-        == 400
-    assert (await world.api("POST", "/api/parcels/", dispatcher,
-                            body={"pickup": spot, "destination": spot, "owner_id": driver.id})).code == 400
-    assert (await world.api("POST", "/api/parcels/", driver, body={"pickup": spot, "destination": spot})).code == 403
+    refused(await world.api("POST", "/api/parcels/", dispatcher, body={"pickup": spot, "destination": spot}), 400)
+    refused(await world.api("POST", "/api/parcels/", dispatcher,
+                            body={"pickup": spot, "destination": spot, "owner_id": driver.id}), 400)
+    refused(await world.api("POST", "/api/parcels/", driver, body={"pickup": spot, "destination": spot}), 403)
     for bad in ({"lat": 91, "lng": 0}, {"lat": "28", "lng": 77}, {"lat": True, "lng": 77}, None,
                 {"lat": 1, "lng": 2, "address": "x" * 257}):
         r = await world.api("POST", "/api/parcels/", client, body={"pickup": bad, "destination": spot})
@@ -232,15 +231,15 @@ async def test_assignment(world):
     dispatcher = await world.user("dispatcher")
     parcel = await world.parcel(client)
     path = f"/api/parcels/{parcel['_id']}/assign/"
-    assert (await world.api("POST", path, client, body={"driver_id": driver.id})).code == 403
-    assert (await world.api("POST", path, dispatcher, body={"driver_id": client.id})).code == 400
-    assert (await world.api("POST", path, dispatcher, body={"driver_id": "2"})).code == 400
+    refused(await world.api("POST", path, client, body={"driver_id": driver.id}), 403)
+    refused(await world.api("POST", path, dispatcher, body={"driver_id": client.id}), 400)
+    refused(await world.api("POST", path, dispatcher, body={"driver_id": "2"}), 400)
     assigned = await world.api("POST", path, dispatcher, body={"driver_id": driver.id})
     assert assigned.code == 200
     assert body(assigned)["status"] == "assigned" and body(assigned)["driver_id"] == driver.id
     done = await world.parcel(client, driver, status="delivered")
     late = await world.api("POST", f"/api/parcels/{done['_id']}/assign/", dispatcher, body={"driver_id": driver.id})
-    assert late.code == 409
+    refused(late, 409)
 
 
 @pytest.mark.gen_test
@@ -252,13 +251,13 @@ async def test_status_lifecycle_and_who_may_move_it(world):
     async def move(user, status):
         return await world.api("POST", path, user, body={"status": status})
 
-    assert (await move(driver, "delivered")).code == 409  # not from assigned
-    assert (await move(client, "picked_up")).code == 403
-    assert (await move(driver, "flying")).code == 400
+    refused(await move(driver, "delivered"), 409)  # not from assigned
+    refused(await move(client, "picked_up"), 403)
+    refused(await move(driver, "flying"), 400)
     for status in ("picked_up", "in_transit", "delivered"):
         r = await move(driver, status)
         assert r.code == 200 and body(r)["status"] == status
-    assert (await move(driver, "in_transit")).code == 409
+    refused(await move(driver, "in_transit"), 409)
 
     cancellable = await world.parcel(client, driver)
     cancel = await world.api("POST", f"/api/parcels/{cancellable['_id']}/status/", client,
@@ -266,7 +265,7 @@ async def test_status_lifecycle_and_who_may_move_it(world):
     assert cancel.code == 200 and body(cancel)["status"] == "cancelled"
     moving = await world.parcel(client, driver, status="picked_up")
     too_late = await world.api("POST", f"/api/parcels/{moving['_id']}/status/", client, body={"status": "cancelled"})
-    assert too_late.code == 409
+    refused(too_late, 409)
 
 
 @pytest.mark.gen_test
@@ -294,7 +293,7 @@ async def test_cookie_sessions_need_the_xsrf_token_for_unsafe_methods(world):
     spot = {"lat": 1, "lng": 2, "address": ""}
     payload = {"pickup": spot, "destination": spot}
     without = await world.api("POST", "/api/parcels/", headers={"Cookie": cookies["Cookie"]}, body=payload)
-    assert without.code == 403 and body(without)["error"]
+    refused(without, 403)
     with_token = await world.api("POST", "/api/parcels/", headers=cookies, body=payload)
     assert with_token.code == 201
 
@@ -303,7 +302,7 @@ async def test_cookie_sessions_need_the_xsrf_token_for_unsafe_methods(world):
 async def test_oversized_bodies_and_unknown_endpoints(world):
     client = await world.user("client")
     big = await world.api("POST", "/api/parcels/", client, raw=b'{"x": "' + b"a" * 70_000 + b'"}')
-    assert big.code == 413 and body(big)["error"]
+    refused(big, 413)
     missing = await world.api("GET", "/api/nothing/", client)
     assert missing.code == 404 and body(missing) == {"error": "no such API endpoint"}
 

@@ -93,6 +93,9 @@ async def test_each_role_sees_its_own_pages(world):
     ]:
         r = await world.page(path, user)
         assert r.code == code, (user.role, path, r.code)
+    for user, home in ((client, "/parcels"), (driver, "/driver"), (dispatcher, "/dispatch")):
+        r = await world.page("/", user)
+        assert (r.code, r.headers["Location"]) == (302, home)
 
 
 @pytest.mark.gen_test

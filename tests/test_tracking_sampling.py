@@ -173,3 +173,16 @@ async def test_a_sample_the_database_cannot_encode_does_not_break_the_writer(wor
     await world.app.hub.writer.flush()  # must not raise: the failure is logged, the writer goes on
     await send_location(driver, *point(2))
     assert await history(world, s) == [point(2)]
+
+
+@pytest.mark.gen_test
+async def test_the_fifth_accepted_update_is_stored_whatever_was_refused_in_between(world):
+    s = await scene(world)
+    sockets = await driver_sockets(world, s, 3)  # 15 frames: more than one socket may send in a second
+    for n, driver in zip(range(1, 6), itertools.cycle(sockets), strict=False):
+        driver.write_message("not json")
+        assert (await recv(driver))["type"] == "error"
+        driver.write_message(location(95.0, 0.0))  # out of range: refused
+        assert (await recv(driver))["type"] == "error"
+        await send_location(driver, *point(n), *(other for other in sockets if other is not driver))
+    assert await history(world, s) == [point(5)]

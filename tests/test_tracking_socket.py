@@ -33,7 +33,9 @@ from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app import make_app
+from models import parcels
 from models.access import User
+from settings import Settings
 from tests.conftest import TEST_SECRET, World, body, claims, location, recv, settings
 
 ISO_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -292,11 +294,13 @@ async def test_the_owner_can_watch_a_parcel_that_has_no_driver_yet(world):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("origin", ["https://evil.example", "http://127.0.0.1:1", "null"])
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://127.0.0.1:1", "null", "http://127.0.0.1:{port}.evil.example",
+                                    "http://evil.example/127.0.0.1:{port}",
+                                    "http://user@127.0.0.1:{port}"])
 async def test_browser_origin_not_allowed_gets_403_and_no_upgrade(world, origin):
     s = await scene(world)
     with pytest.raises(HTTPClientError) as refused:
-        await world.socket(s.id, world.token(s.client), origin=origin)
+        await world.socket(s.id, world.token(s.client), origin=origin.format(port=world.port))
     assert refused.value.code == 403
 
 
@@ -304,7 +308,15 @@ async def test_browser_origin_not_allowed_gets_403_and_no_upgrade(world, origin)
 async def test_own_origin_and_no_origin_are_accepted(world):
     s = await scene(world)
     await subscribed(world, s.id, s.client, origin=f"http://127.0.0.1:{world.port}")
+    await subscribed(world, s.id, s.client, origin=f"HTTP://127.0.0.1:{world.port}")  # scheme and host ignore case
+    await subscribed(world, s.id, s.client, origin=f"https://127.0.0.1:{world.port}")  # TLS ended by a proxy
     await subscribed(world, s.id, s.client)
+
+
+def test_allowed_origins_are_read_from_the_environment():
+    read = Settings.from_env({"ALLOWED_ORIGINS": " https://Track.Example.com/ ,,http://b.example:8080"})
+    assert read.allowed_origins == ("https://track.example.com", "http://b.example:8080")
+    assert Settings.from_env({}).allowed_origins == ()
 
 
 @pytest.mark.gen_test
@@ -527,6 +539,23 @@ async def test_the_eleventh_message_within_a_second_is_refused(world):
 
 
 @pytest.mark.gen_test
+async def test_the_limit_counts_a_whole_second_not_a_burst(world):
+    """Six frames, 0.6 s, five more: the eleventh within the second is refused, which a
+    window shorter than a second (say 100 ms) would have let through."""
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    started = time.monotonic()
+    for i in range(6):
+        await send_location(driver, 20.0, i)
+    await asyncio.sleep(0.6)
+    for i in range(6, 10):
+        await send_location(driver, 20.0, i)
+    driver.write_message(location(20.0, 10))
+    await expect_error(driver, "too many messages")
+    assert time.monotonic() - started < 1.0  # all eleven were within one second
+
+
+@pytest.mark.gen_test
 async def test_a_frame_over_4_kib_closes_the_socket_with_1009(world):
     s = await scene(world)
     driver = await subscribed(world, s.id, s.driver)
@@ -572,6 +601,48 @@ async def test_reassignment_cuts_off_the_previous_driver_and_lets_the_new_one_in
     new = await subscribed(world, s.id, new_driver)
     echo = await send_location(new, 28.7, 77.3, watcher)
     assert echo["driver_id"] == str(new_driver.id)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_reassignment_cuts_off_every_device_of_the_old_driver_and_keeps_its_last_position(world):
+    s = await scene(world)
+    new_driver = await world.user("driver")
+    phone, tablet = await subscribed(world, s.id, s.driver), await subscribed(world, s.id, s.driver)
+    await send_location(phone, 28.61, 77.21, tablet)
+    await send_location(tablet, 28.62, 77.22, phone)  # the second accepted update: not sampled yet
+    response = await world.api("POST", f"/api/parcels/{s.id}/assign/", s.dispatcher, body={"driver_id": new_driver.id})
+    assert response.code == 200, response.body
+    for device in (phone, tablet):
+        await expect_error(device, "no longer assigned")
+        await expect_closed(device, 4403)
+    await world.app.hub.writer.flush()
+    assert await last_location(world, s) == (28.62, 77.22)
+    assert await history(world, s) == [(28.62, 77.22)]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_token_issued_before_a_restart_still_works_after_it(world, db_server):
+    s = await scene(world)
+    token = world.token(s.client)
+    async with another_server(world, db_server) as restarted:  # the same settings and secret, a new process
+        ws = await restarted.socket(s.id, token)
+        assert (await recv(ws))["type"] == "subscribed"
+        me = await restarted.api("GET", "/api/me/", headers={"Authorization": f"Bearer {token}"})
+        assert me.code == 200 and body(me)["id"] == s.client.id
+
+
+@pytest.mark.gen_test(timeout=30)
+@settings(ws_ping_interval=0.3, ws_ping_timeout=0.2)
+async def test_a_client_that_never_answers_pings_is_closed_in_time(world):
+    s = await scene(world)
+    silent = await SlowReader.connect(world.port, f"parcel_id={s.id}&token={world.token(s.client)}")
+    assert json.loads((await silent.frame())[1])["type"] == "subscribed"
+    started = time.monotonic()
+    assert (await silent.frame())[0] == 0x9  # a ping, which this client never answers
+    assert (await silent.frame())[0] == 0x8  # so the server closes: a close frame...
+    assert time.monotonic() - started < 0.3 + 0.2 + 0.5
+    # ...and, since the client does not answer that either, drops it (Tornado waits 5 s for the reply)
+    await until(lambda: world.app.hub.subscriber_count(s.id) == 0, within=8)
 
 
 class SlowReader:
@@ -630,8 +701,12 @@ async def test_a_location_racing_the_revocation_is_dropped_quietly(world, caplog
 # -- logs -------------------------------------------------------------------------------------------------
 
 
+async def failing(*args: Any) -> None:
+    raise RuntimeError("the database broke")
+
+
 @pytest.mark.gen_test
-async def test_no_token_reaches_the_log(world, caplog):
+async def test_no_token_reaches_the_log(world, caplog, monkeypatch):
     s = await scene(world)
     caplog.set_level(logging.DEBUG)
     good = world.token(s.client)
@@ -645,7 +720,20 @@ async def test_no_token_reaches_the_log(world, caplog):
     with pytest.raises(HTTPClientError):
         await world.socket(s.id, good, origin="https://evil.example")
     await rejected(world, "%ff", good, 4400)
+    outsider = await world.user("client")
+    secrets.append(world.token(outsider))
+    await rejected(world, s.id, secrets[-1], 4403)
+    # A handler that fails: Tornado's own log line would carry the URL, and so the token.
+    secrets.append(world.token(s.dispatcher))
+    monkeypatch.setattr(parcels, "get_parcel", failing)
+    ws = await world.socket(s.id, secrets[-1])
+    assert await recv(ws) is None  # the server gave up on it
+    monkeypatch.undo()
+    assert (await world.api("POST", "/api/token/", body={"email": s.client.email, "password": "hunter2-secret"})).code \
+        == 401
+    secrets.append("hunter2-secret")
     lines = [record.getMessage() for record in caplog.records]
+    assert any("uncaught exception" in line.lower() for line in lines), lines
     access = [line for line in lines if "/ws/tracking/" in line]
     assert any(line.startswith("101 GET /ws/tracking/ ") for line in access), lines
     assert any(line.startswith("403 GET /ws/tracking/ ") for line in access), lines

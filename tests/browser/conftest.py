@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
+from tests.conftest import path_to
 from tests.process import ROOT, Server, app_env, run_cli
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -78,7 +79,7 @@ class Data:
         })
         if driver is not None:
             self.call("POST", f"/api/parcels/{parcel['id']}/assign/", {"driver_id": driver["id"]})
-        for step in {"picked_up": ["picked_up"], "in_transit": ["picked_up", "in_transit"]}.get(status, []):
+        for step in path_to(status):
             self.call("POST", f"/api/parcels/{parcel['id']}/status/", {"status": step})
         return parcel["id"]
 

@@ -49,8 +49,9 @@ CENTRED_ON = """([lat, lng]) => {
 }"""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def people(data):
+    """Fresh people (and parcel) for each test: no test sees what another left behind."""
     return {"client": data.user("client", "Vimala Viewer"), "driver": data.user("driver", "Farid Follow")}
 
 

@@ -10,8 +10,9 @@ from playwright.sync_api import expect
 from tests.browser.conftest import screenshot
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cast(data):
+    """Fresh people and a fresh parcel for each test: no test sees what another left behind."""
     client = data.user("client", "Kiran Client")
     return {
         "client": client,

@@ -45,8 +45,9 @@ async ({ parcelId, lat, lng, address }) => {
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def people(data):
+    """Fresh people (and parcel) for each test: no test sees what another left behind."""
     client = data.user("client", "Chitra Client")
     driver = data.user("driver", "Dinesh Driver")
     return {"client": client, "driver": driver, "parcel": data.parcel(client, driver, status="picked_up")}
@@ -159,7 +160,7 @@ def test_client_page_cannot_send(sessions, people):
     expect(pill(page)).to_have_text("Live")  # the socket stays open
     answer = page.evaluate(SEND_FROM_CONSOLE, {"parcelId": people["parcel"], "lat": 11, "lng": 11, "address": ""})
     assert answer == {"type": "error", "message": "only the parcel's assigned driver can send its location"}
-    expect(truck(page)).not_to_have_attribute("data-lat", "11")
+    expect(truck(page)).to_have_count(0)  # nothing was accepted, so no truck is drawn
 
 
 def test_addresses_are_shown_as_text(sessions, data, people):
@@ -221,3 +222,34 @@ def test_an_ended_login_leads_back_to_the_login_page(sessions, people):
     session.context.clear_cookies()  # logged out elsewhere, or the cookie expired
     page.evaluate("() => window.__sockets.at(-1).close()")  # the next connect needs a new token
     expect(page).to_have_url(re.compile(rf"/login\?next=%2Fparcels%2F{people['parcel']}%2Ftrack$"))
+
+
+# Counts the location updates a page sends, whichever socket it sends them on.
+COUNT_SENDS = """
+(() => {
+  const send = WebSocket.prototype.send;
+  window.__locations = 0;
+  WebSocket.prototype.send = function (data) {
+    if (JSON.parse(data).type === "location_update") window.__locations += 1;
+    return send.call(this, data);
+  };
+})();
+"""
+
+
+def test_the_driver_page_sends_the_position_every_five_seconds(sessions, people):
+    driver = sessions(people["driver"]["email"], phone=True, geolocation=DRIVER_START)
+    page = driver.page
+    page.clock.install()
+    page.add_init_script(COUNT_SENDS)
+    page.goto(f"/driver/parcels/{people['parcel']}")
+    page.get_by_role("button", name=re.compile("^Tracking")).click()
+    expect(pill(page)).to_have_text("Live")
+    page.wait_for_function("window.__locations >= 1")  # the first fix goes out at once
+    page.clock.pause_at(page.evaluate("Date.now()") + 10)  # from here on, time moves only when told
+    sent = page.evaluate("window.__locations")
+    page.clock.run_for(15_000)  # whatever the phase, a 5-second rhythm ticks exactly 3 times in 15 s
+    assert page.evaluate("window.__locations") - sent == 3
+    page.clock.run_for(20_000)
+    assert page.evaluate("window.__locations") - sent == 7
+    assert driver.script_errors() == []
