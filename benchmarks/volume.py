@@ -732,21 +732,20 @@ async def measure_all(server: Server, subjects: Subjects, runs: int) -> list[Row
     longest = s.long_parcels[0]
     rows: list[Row] = []
 
-    async def page(what: str, path: str, user: int, role: str) -> None:
+    async def get(what: str, path: str, user: int, role: str, as_page: bool) -> None:
+        """A GET as a browser (login cookie) or as a script (Bearer token)."""
         row = Row(what, f"GET {path} ({role})")
         try:
-            cookie = await http.cookie(user)
+            credentials = {"cookie": await http.cookie(user)} if as_page else {"token": await http.token(user)}
         except Exception as e:
             return failed(row, e)
-        rows.append(await measure(row, runs, lambda _: http.timed("GET", path, cookie=cookie), server))
+        rows.append(await measure(row, runs, lambda _: http.timed("GET", path, **credentials), server))
+
+    async def page(what: str, path: str, user: int, role: str) -> None:
+        await get(what, path, user, role, as_page=True)
 
     async def api(what: str, path: str, user: int, role: str) -> None:
-        row = Row(what, f"GET {path} ({role})")
-        try:
-            token = await http.token(user)
-        except Exception as e:
-            return failed(row, e)
-        rows.append(await measure(row, runs, lambda _: http.timed("GET", path, token=token), server))
+        await get(what, path, user, role, as_page=False)
 
     def failed(row: Row, error: Exception) -> None:
         row.statuses.append(f"login failed: {str(error)[:80]}")
