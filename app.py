@@ -50,7 +50,8 @@ class Application(tornado.web.Application):
     def __init__(self, config: Settings, mongodb_uri: str) -> None:
         self.config = config
         self.db = Database(mongodb_uri, config.mongodb_db, config.location_retention_days)
-        writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max)
+        writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
+                              parcel_interval=config.last_location_interval)
         self.hub = Hub(self.db, writer, config.location_sample_every, config.broker_url, config.parcel_state_ttl,
                        config.shutdown_timeout)
         self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)

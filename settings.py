@@ -42,6 +42,7 @@ class Settings:
     login_failure_window: int = 300
     sample_flush_interval: float = 0.25
     sample_queue_max: int = 100_000
+    last_location_interval: float = 5.0  # seconds; a parcel's last_location is rewritten at most this often
     location_retention_days: int = 90
     retention_interval: float = 3600.0  # seconds between two passes deleting expired samples
     shutdown_timeout: float = 8.0  # seconds SIGTERM may spend writing what is queued

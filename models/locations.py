@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -93,25 +95,56 @@ def _first_window(parcel: dict[str, Any], wanted: int) -> float:
     return max(MIN_WINDOW.total_seconds(), wanted * span / count * 1.25)
 
 
-def _parcel_update(samples: list[dict[str, Any]]) -> UpdateOne:
-    """One write by `_id` for a parcel's samples in a batch: its last_location (unless a
-    newer one is stored: an offline batch can arrive after newer fixes), when its history
-    begins and how many samples it holds (for sizing the history's windows)."""
-    latest = max(reversed(samples), key=lambda s: s["timestamp"])  # of equal times, the last accepted
-    location = {"lat": latest["lat"], "lng": latest["lng"], "address": latest.get("address", ""),
-                "timestamp": latest["timestamp"], "driver_id": latest["driver_id"]}
-    newer = {"$gte": [latest["timestamp"], {"$ifNull": ["$last_location.timestamp", None]}]}
-    return UpdateOne({"_id": latest["parcel_id"]}, [{"$set": {
-        "last_location": {"$cond": [newer, {"$literal": location}, "$last_location"]},
-        "samples_from": {"$min": ["$samples_from", min(s["timestamp"] for s in samples)]},
-        "sample_count": {"$add": [{"$ifNull": ["$sample_count", 0]}, len(samples)]},
-    }}])
+@dataclass
+class ParcelRecord:
+    """What a parcel's document learns from its samples: the latest (its last_location),
+    when its history begins and how many samples it holds (to size the history's windows)."""
+
+    latest: dict[str, Any]
+    first: datetime
+    count: int
+
+    def add(self, sample: dict[str, Any]) -> None:
+        if sample["timestamp"] >= self.latest["timestamp"]:  # of equal times, the last accepted
+            self.latest = sample
+        self.first = min(self.first, sample["timestamp"])
+        self.count += 1
+
+    def merge(self, other: ParcelRecord) -> None:
+        if other.latest["timestamp"] >= self.latest["timestamp"]:
+            self.latest = other.latest
+        self.first = min(self.first, other.first)
+        self.count += other.count
+
+    def update(self) -> UpdateOne:
+        """One write by `_id`; the last_location moves only forward (an offline batch can
+        arrive after newer fixes)."""
+        latest = self.latest
+        location = {"lat": latest["lat"], "lng": latest["lng"], "address": latest.get("address", ""),
+                    "timestamp": latest["timestamp"], "driver_id": latest["driver_id"]}
+        newer = {"$gte": [latest["timestamp"], {"$ifNull": ["$last_location.timestamp", None]}]}
+        return UpdateOne({"_id": latest["parcel_id"]}, [{"$set": {
+            "last_location": {"$cond": [newer, {"$literal": location}, "$last_location"]},
+            "samples_from": {"$min": ["$samples_from", self.first]},
+            "sample_count": {"$add": [{"$ifNull": ["$sample_count", 0]}, self.count]},
+        }}])
 
 
-async def store(db: Database, samples: list[dict[str, Any]]) -> int:
-    """Write samples to the history and move their parcels' last_location; returns how
-    many were stored. Samples carry their own `_id`, so storing a batch again (a retry)
-    stores each sample once."""
+def records(samples: list[dict[str, Any]]) -> dict[int, ParcelRecord]:
+    """The samples' news for each of their parcels."""
+    found: dict[int, ParcelRecord] = {}
+    for sample in samples:
+        record = found.get(sample["parcel_id"])
+        if record is None:
+            found[sample["parcel_id"]] = ParcelRecord(sample, sample["timestamp"], 1)
+        else:
+            record.add(sample)
+    return found
+
+
+async def store_history(db: Database, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write samples to the history; returns those stored. Samples carry their own `_id`,
+    so storing a batch again (a retry) stores each sample once."""
     refused: list[dict[str, Any]] = []
     try:
         await db.locations.insert_many(samples, ordered=False)
@@ -120,13 +153,21 @@ async def store(db: Database, samples: list[dict[str, Any]]) -> int:
         if refused:
             log.error("could not write %d location samples: %s", len(refused), refused[0].get("errmsg"))
     lost = {samples[w["index"]]["_id"] for w in refused if "index" in w}
-    by_parcel: dict[int, list[dict[str, Any]]] = {}
-    for sample in samples:
-        if sample["_id"] not in lost:
-            by_parcel.setdefault(sample["parcel_id"], []).append(sample)
-    if by_parcel:
-        await db.parcels.bulk_write([_parcel_update(group) for group in by_parcel.values()], ordered=False)
-    return len(samples) - len(lost)
+    return [s for s in samples if s["_id"] not in lost]
+
+
+async def update_parcels(db: Database, news: Iterable[ParcelRecord]) -> None:
+    """Write what samples taught their parcels (last_location, history extent)."""
+    updates = [record.update() for record in news]
+    if updates:
+        await db.parcels.bulk_write(updates, ordered=False)
+
+
+async def store(db: Database, samples: list[dict[str, Any]]) -> int:
+    """Write samples to the history and their parcels' last_location at once; returns how many were stored."""
+    stored = await store_history(db, samples)
+    await update_parcels(db, records(stored).values())
+    return len(stored)
 
 
 class SampleWriter:
@@ -135,27 +176,41 @@ class SampleWriter:
     At most `max_queued` samples wait (past that the oldest are dropped and counted).
     A batch the database cannot take for want of a connection stays at the head of the
     queue and is tried again every `retry_interval` seconds; each sample carries its own
-    `_id`, so a batch written twice is stored once."""
+    `_id`, so a batch written twice is stored once.
+
+    Samples reach the history within `flush_interval`; a parcel's own document (its
+    last_location) is rewritten at most once every `parcel_interval` seconds, with the
+    latest of what came meanwhile. Rewriting a parcel costs the embedded server as many
+    index writes as the parcels collection has indexes, so a parcel sampled every second
+    would otherwise cost five times the history itself. `flush()` writes everything now."""
 
     def __init__(self, db: Database, flush_interval: float, max_queued: int = 100_000,
-                 retry_interval: float = 1.0) -> None:
+                 retry_interval: float = 1.0, parcel_interval: float = 5.0) -> None:
         self.db = db
         self.flush_interval = flush_interval
         self.max_queued = max_queued
         self.retry_interval = retry_interval
+        self.parcel_interval = parcel_interval
         self.written = 0
         self.dropped = 0
         self.errors = 0
         self._queue: deque[dict[str, Any]] = deque()
         self._in_flight = 0
+        self._held: dict[int, ParcelRecord] = {}  # parcels' news not yet written to them
+        self._parcel_written: dict[int, float] = {}  # when each parcel was last written (time.monotonic)
         self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
     @property
     def queued(self) -> int:
-        """Samples not yet written (those being written included)."""
+        """Samples not yet written to the history (those being written included)."""
         return len(self._queue) + self._in_flight
+
+    @property
+    def parcels_pending(self) -> int:
+        """Parcels whose last_location waits to be written."""
+        return len(self._held)
 
     def add(self, parcel_id: int, driver_id: int, location: dict[str, Any], timestamp: datetime) -> None:
         """Queue one sample; it is written within `flush_interval` seconds."""
@@ -163,26 +218,28 @@ class SampleWriter:
             self._queue.popleft()
             self.dropped += 1
         self._queue.append(sample(parcel_id, driver_id, location, timestamp))
-        if len(self._queue) >= BATCH_SIZE:
-            self._schedule(0)
-        elif self._timer is None:
-            self._schedule(self.flush_interval)
+        self._schedule(0 if len(self._queue) >= BATCH_SIZE else self.flush_interval)
 
     def _schedule(self, delay: float) -> None:
         if self._timer is not None:
+            if self._timer.when() <= asyncio.get_running_loop().time() + delay:
+                return  # an earlier flush is due anyway
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(delay, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._timer = None
-        task = asyncio.ensure_future(self.flush())
+        task = asyncio.ensure_future(self._flush(everything=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def flush(self) -> bool:
-        """Write everything queued so far, after any flush already under way; False when
-        the database could not be reached (what is left is retried on a timer)."""
-        if self._timer is not None:
+        """Write everything queued and held so far, after any flush already under way;
+        False when the database could not be reached (what is left is retried on a timer)."""
+        return await self._flush(everything=True)
+
+    async def _flush(self, everything: bool) -> bool:
+        if self._timer is not None and everything:
             self._timer.cancel()
             self._timer = None
         async with self._lock:
@@ -190,45 +247,79 @@ class SampleWriter:
                 batch = [self._queue.popleft() for _ in range(min(BATCH_SIZE, len(self._queue)))]
                 self._in_flight = len(batch)
                 try:
-                    done = await self._write(batch)
+                    stored = await self._write(batch)
                 finally:
                     self._in_flight = 0
-                if not done:
+                if stored is None:
                     self._queue.extendleft(reversed(batch))
                     while len(self._queue) > self.max_queued:
                         self._queue.popleft()
                         self.dropped += 1
                     self._schedule(self.retry_interval)
                     return False
+                self._hold(stored)
+            return await self._write_parcels(everything)
+
+    def _hold(self, stored: list[dict[str, Any]]) -> None:
+        for parcel_id, record in records(stored).items():
+            if parcel_id in self._held:
+                self._held[parcel_id].merge(record)
+            else:
+                self._held[parcel_id] = record
+
+    async def _write_parcels(self, everything: bool) -> bool:
+        now = time.monotonic()
+        due = [pid for pid in self._held
+               if everything or now - self._parcel_written.get(pid, -math.inf) >= self.parcel_interval]
+        if due:
+            try:
+                await update_parcels(self.db, (self._held[pid] for pid in due))
+            except ConnectionFailure as e:
+                self.errors += 1
+                log.warning("the database is unreachable; %d parcels' positions wait (%s)", len(due), str(e)[:120])
+                self._schedule(self.retry_interval)
+                return False
+            except PyMongoError:
+                self.errors += 1
+                log.exception("could not write the last location of %d parcels", len(due))
+            for pid in due:
+                del self._held[pid]
+                self._parcel_written[pid] = now
+            if len(self._parcel_written) > 4 * len(self._held) + 1000:  # forget parcels long quiet
+                self._parcel_written = {p: t for p, t in self._parcel_written.items() if now - t < self.parcel_interval}
+        if self._held:
+            soonest = min(self._parcel_written.get(pid, now) for pid in self._held) + self.parcel_interval
+            self._schedule(max(0.0, soonest - now))
         return True
 
     async def drain(self, within: float) -> bool:
-        """Flush until nothing is queued or `within` seconds pass (shutdown); True if all went."""
+        """Flush until nothing is queued or held, or `within` seconds pass (shutdown); True if all went."""
         deadline = time.monotonic() + within
         while not await self.flush():
             if time.monotonic() + self.retry_interval > deadline:
-                log.error("%d location samples could not be written before shutdown", self.queued)
+                log.error("%d location samples and %d parcels' positions could not be written before shutdown",
+                          self.queued, self.parcels_pending)
                 return False
             await asyncio.sleep(self.retry_interval)
         return True
 
-    async def _write(self, batch: list[dict[str, Any]]) -> bool:
-        """Write one batch; False only when it should be tried again later."""
+    async def _write(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Write one batch to the history: the samples stored, or None when it should be tried again later."""
         try:
             try:
-                stored = await store(self.db, batch)
+                stored = await store_history(self.db, batch)
             except InvalidDocument:  # one sample cannot be encoded (a lone surrogate): write the others
-                stored = await store(self.db, self._encodable(batch))
+                stored = await store_history(self.db, self._encodable(batch))
         except ConnectionFailure as e:
             self.errors += 1
             log.warning("the database is unreachable; %d samples wait (%s)", self.queued, str(e)[:120])
-            return False
+            return None
         except PyMongoError:
             self.errors += 1
             log.exception("could not write %d location samples", len(batch))
-            return True
-        self.written += stored
-        return True
+            return []
+        self.written += len(stored)
+        return stored
 
     def _encodable(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kept = []

@@ -139,6 +139,8 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     page = await locations.history(db, moving, limit=100)
     assert len(page.locations) == 100 and page.next_since is not None
     await locations.history(db, moving, since=page.next_since)
+    assert await locations.store(db, [locations.sample(moving["_id"], mover.id, {"lat": 28.5, "lng": 77.1,
+                                                                                  "address": ""}, utcnow())]) == 1
     writer = world.app.hub.writer
     for n in range(50):
         writer.add(moving["_id"], mover.id, {"lat": 28.5, "lng": 77.1 + n / 1000, "address": ""}, utcnow())

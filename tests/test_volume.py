@@ -291,3 +291,38 @@ async def test_a_long_history_with_gaps_pages_completely_in_order(world):
     pages = await all_pages(world, f"/api/parcels/{parcel['_id']}/locations/?limit=70", client, key="locations")
     assert [len(page) for page in pages] == [70, 70, 70, 70, 20]
     assert [p["lat"] for page in pages for p in page] == [28.0 + n / 1000 for n in range(300)]
+
+
+@pytest.mark.gen_test(timeout=30)
+@settings(last_location_interval=0.5)
+async def test_a_parcels_last_location_is_rewritten_at_most_every_interval(world):
+    """The history gets every sample within the flush interval; the parcel's own document,
+    whose rewrite costs every index of the parcels collection, at most every
+    `last_location_interval` seconds, with the latest sample of that time."""
+    client, driver = await world.user("client"), await world.user("driver")
+    parcel = await world.parcel(client, driver, status="in_transit")
+    writer, url = world.app.hub.writer, f"/api/parcels/{parcel['_id']}/"
+
+    async def stored() -> tuple[int, float | None]:
+        history = body(await world.api("GET", url + "locations/", client))["locations"]
+        last = body(await world.api("GET", url, client))["last_location"]
+        return len(history), last and last["lat"]
+
+    async def until(wanted) -> tuple[int, float | None]:
+        for _ in range(200):  # 10 s at most
+            now = await stored()
+            if wanted(now):
+                return now
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"still {now}")
+
+    writer.add(parcel["_id"], driver.id, {"lat": 28.1, "lng": 77.0, "address": ""}, utcnow())
+    assert await until(lambda now: now[0] == 1) == (1, 28.1)  # the first one goes to the parcel at once
+    writer.add(parcel["_id"], driver.id, {"lat": 28.2, "lng": 77.0, "address": ""}, utcnow())
+    writer.add(parcel["_id"], driver.id, {"lat": 28.3, "lng": 77.0, "address": ""}, utcnow())
+    started = time.monotonic()
+    in_history = await until(lambda now: now[0] == 3)
+    if time.monotonic() - started < 0.3:
+        assert in_history == (3, 28.1)  # in the history already, not yet on the parcel
+    await until(lambda now: now == (3, 28.3))
+    assert writer.parcels_pending == 0
