@@ -38,6 +38,7 @@ from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
 from realtime.broker import BrokerUnavailable
 from realtime.hub import Hub
+from realtime.limits import Limits
 from settings import Settings, SettingsError
 
 HERE = Path(__file__).resolve().parent
@@ -56,18 +57,21 @@ class Application(tornado.web.Application):
                        config.shutdown_timeout)
         self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
+        self.limits = Limits()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        parcel = f"({ID})"
+        parcel = user = f"({ID})"
         routes = [
             (r"/ws/tracking/?", tracking.TrackingSocket),
             (r"/api/token/?", api.TokenHandler),
             (r"/api/token/refresh/?", api.RefreshHandler),
             (r"/api/token/ws/?", api.SocketTokenHandler),
             (r"/api/me/?", api.MeHandler),
+            (r"/api/me/password/?", api.PasswordHandler),
             (r"/api/users/?", api.UsersHandler),
+            (rf"/api/users/{user}/role/?", api.RoleHandler),
             (r"/api/parcels/?", api.ParcelsHandler),
             (rf"/api/parcels/{parcel}/?", api.ParcelHandler),
             (rf"/api/parcels/{parcel}/assign/?", api.AssignHandler),
@@ -259,7 +263,7 @@ async def run_server(app: Application, args: argparse.Namespace) -> None:
     if not args.no_demo and await ensure_demo_data(app.db, config):
         log.info("created the demo data")
     server = tornado.httpserver.HTTPServer(
-        app, xheaders=True, max_body_size=1024 * 1024, idle_connection_timeout=60
+        app, xheaders=False, max_body_size=1024 * 1024, idle_connection_timeout=60
     )
     try:
         server.listen(args.port, args.host)

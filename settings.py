@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 DEFAULT_TILE_URL = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
@@ -30,6 +31,7 @@ class Settings:
     secret_key: str = ""
     app_env: str = "development"
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     location_sample_every: int = 5
     broker_url: str = ""
     public_ws_url: str = ""
@@ -62,6 +64,7 @@ class Settings:
             secret_key=env.get("SECRET_KEY", ""),
             app_env=env.get("APP_ENV", "").strip() or "development",
             allowed_origins=_origins(env.get("ALLOWED_ORIGINS", "")),
+            trusted_proxies=_networks(env.get("TRUSTED_PROXIES", "")),
             location_sample_every=_positive_int(env, "LOCATION_SAMPLE_EVERY", 5),
             broker_url=env.get("BROKER_URL", "").strip(),
             public_ws_url=env.get("PUBLIC_WS_URL", "").strip().rstrip("/"),
@@ -99,6 +102,14 @@ class Settings:
 
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+
+
+def _networks(raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """TRUSTED_PROXIES: addresses or networks (`127.0.0.1`, `10.0.0.0/8`), comma-separated."""
+    try:
+        return tuple(ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+    except ValueError as e:
+        raise SettingsError(f"TRUSTED_PROXIES: {e}") from None
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

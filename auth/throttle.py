@@ -1,7 +1,9 @@
 """Failed-login throttle: after N failures in a window, further tries get 429.
 
 Counted per (address, email) so that one attacker cannot lock a user out from
-everywhere, and per address alone so that one address cannot walk many emails.
+everywhere, per address alone so that one address cannot walk many emails, and per
+email alone (four times the first limit) so that many addresses cannot take turns
+guessing one account's password.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ class LoginThrottle:
         self._failures: dict[tuple[str, str], deque[float]] = {}
 
     def _keys(self, address: str, email: str) -> list[tuple[tuple[str, str], int]]:
-        return [((address, email.strip().lower()), self.max_failures), ((address, ""), self.max_failures * 4)]
+        email = email.strip().lower()
+        return [((address, email), self.max_failures), ((address, ""), self.max_failures * 4),
+                (("", email), self.max_failures * 4)]
 
     def retry_after(self, address: str, email: str) -> int:
         """Seconds until another try is allowed (0: allowed now)."""

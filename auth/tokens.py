@@ -1,56 +1,88 @@
-"""HS256 JSON Web Tokens: access tokens (API, socket) and refresh tokens.
+"""HS256 JSON Web Tokens, one scheme for every type, no type passing for another.
+
+| type | issued by | accepted by | lifetime |
+|---|---|---|---|
+| `access` | `POST /api/token/`, `/api/token/refresh/` | the API, the sockets | ACCESS_TOKEN_TTL |
+| `refresh` | `POST /api/token/` | `/api/token/refresh/` only | REFRESH_TOKEN_TTL |
+| `socket` | `GET /api/token/ws/` (a page's login cookie) | the sockets only | 60 s |
+| `share` | `POST /api/parcels/<id>/share/` | the tracking socket of its one parcel | SHARE_LINK_TTL |
 
 The algorithm is pinned on decode, so `alg: none` or another algorithm is refused;
-`exp` is required; `type` keeps access and refresh tokens apart.
+`exp` is required. A user's token carries `ver`, the user's session version: logging
+out, a new password or a new role moves the version on, and every token issued
+before stops working (docs/security.md).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import jwt
 
 from models.access import ROLES, User
+from models.db import MAX_ID
 
 ALGORITHM = "HS256"
+USER_TYPES = ("access", "refresh", "socket")
+SOCKET_TYPES = ("access", "socket")  # what a socket accepts from a user
 
 
 class TokenError(ValueError):
     """The token is missing, malformed, tampered with, expired or of the wrong type."""
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """Who a valid token says its bearer is; still to be checked against the stored user."""
+
+    id: int
+    role: str
+    version: int
+    type: str
+
+    def matches(self, user: User | None) -> bool:
+        """Is the stored user still the one the token was issued to (same role, same session)?"""
+        return user is not None and user.role == self.role and user.session == self.version
+
+
 def issue(user: User, token_type: str, ttl: int, secret: str) -> str:
+    if token_type not in USER_TYPES:
+        raise ValueError(f"not a user token type: {token_type!r}")
+    return _encode({"sub": str(user.id), "role": user.role, "ver": user.session, "type": token_type}, ttl, secret)
+
+
+def verify(token: str | None, accepted: str | Collection[str], secret: str) -> Claimed:
+    """What a valid token of an accepted type claims."""
+    accepted = (accepted,) if isinstance(accepted, str) else tuple(accepted)
+    claims = _decode(token, secret)
+    if claims.get("type") not in accepted:
+        raise TokenError(f"this is not {_a(accepted[0])} {accepted[0]} token")
+    sub, version = claims.get("sub"), claims.get("ver", 0)
+    if not isinstance(sub, str) or not sub.isascii() or not sub.isdigit() or not 0 < int(sub) <= MAX_ID:
+        raise TokenError("the token is not valid")
+    if claims.get("role") not in ROLES or isinstance(version, bool) or not isinstance(version, int):
+        raise TokenError("the token is not valid")
+    return Claimed(int(sub), claims["role"], version, claims["type"])
+
+
+def _encode(claims: dict, ttl: int, secret: str) -> str:
     now = int(time.time())
-    claims = {
-        "sub": str(user.id),
-        "role": user.role,
-        "type": token_type,
-        "iat": now,
-        "exp": now + ttl,
-        "jti": uuid.uuid4().hex,
-    }
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return jwt.encode({**claims, "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex}, secret, algorithm=ALGORITHM)
 
 
-def verify(token: str | None, token_type: str, secret: str) -> User:
-    """The user a valid token of `token_type` names (id and role only)."""
+def _decode(token: str | None, secret: str) -> dict:
     if not token:
         raise TokenError("a token is required")
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "iat", "sub", "type"]}
-        )
+        return jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "iat", "sub", "type"]})
     except jwt.ExpiredSignatureError:
         raise TokenError("the token has expired") from None
     except jwt.InvalidTokenError:
         raise TokenError("the token is not valid") from None
-    if claims.get("type") != token_type:
-        raise TokenError(f"this is not {'an' if token_type == 'access' else 'a'} {token_type} token")
-    try:
-        user_id = int(claims["sub"])
-    except (TypeError, ValueError):
-        raise TokenError("the token is not valid") from None
-    if claims.get("role") not in ROLES:
-        raise TokenError("the token is not valid")
-    return User(id=user_id, role=claims["role"])
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"

@@ -53,8 +53,8 @@ class RefreshHandler(ApiHandler):
         except tokens.TokenError as e:
             raise Refused(401, str(e)) from None
         user = await users.get_user(self.db, claimed.id)
-        if user is None:
-            raise Refused(401, "the token's user no longer exists")
+        if not claimed.matches(user):
+            raise Refused(401, "the token is no longer valid; log in again")
         self.send({"access": tokens.issue(user, "access", self.config.access_token_ttl, self.config.secret_key)})
 
 
@@ -64,13 +64,45 @@ class SocketTokenHandler(ApiHandler):
     async def get(self) -> None:
         if self.get_signed_cookie(LOGIN_COOKIE) is None or self.current_user is None:
             raise Refused(401, "log in to get a socket token")
-        token = tokens.issue(self.current_user, "access", self.config.ws_token_ttl, self.config.secret_key)
+        token = tokens.issue(self.current_user, "socket", self.config.ws_token_ttl, self.config.secret_key)
         self.send({"access": token})
 
 
 class MeHandler(ApiHandler):
     async def get(self) -> None:
         self.send(self.require_user().public())
+
+
+class PasswordHandler(ApiHandler):
+    """POST /api/me/password/: the caller's current and new password; every earlier session ends."""
+
+    async def post(self) -> None:
+        user = self.require_user()
+        body = self.json_body()
+        await self.check_login(user.email, body.get("password"))
+        new = body.get("new_password")
+        if not isinstance(new, str) or (problem := passwords.check_length(new)):
+            raise Refused(400, problem if isinstance(new, str) else "new_password is required")
+        password_hash = await passwords.hash_password(new, self.config.bcrypt_rounds)
+        updated = await users.set_password(self.db, user.id, password_hash)
+        self.hub.sessions_ended(user.id)
+        self.send(updated.public())
+
+
+class RoleHandler(ApiHandler):
+    """POST /api/users/<id>/role/: a dispatcher changes someone's role; their sessions end."""
+
+    async def post(self, user_id: str) -> None:
+        if not can_create_users(self.require_user()):
+            raise Refused(403, "only a dispatcher can change roles")
+        role = self.json_body().get("role")
+        if role not in ROLES:
+            raise Refused(400, f"role must be one of {', '.join(ROLES)}")
+        updated = await users.set_role(self.db, int(user_id), role)
+        if updated is None:
+            raise Refused(404, "no such user")
+        self.hub.sessions_ended(updated.id)
+        self.send(updated.public())
 
 
 class UsersHandler(ApiHandler):

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 
 from auth import login, tokens
 from models import parcels, users
 from models.access import User, can_view
-from models.db import Database
+from models.db import Database, parse_id
 from realtime.hub import Hub
 from settings import MAX_API_BODY_SIZE, Settings
 
@@ -54,11 +56,16 @@ class BaseHandler(tornado.web.RequestHandler):
     def config(self) -> Settings:
         return self.application.config
 
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+
     async def prepare(self) -> None:
+        apply_forwarded(self.request, self.config.trusted_proxies)
         self.token_error: str | None = None
         self.current_user = await self._authenticate()
 
     async def _authenticate(self) -> User | None:
+        """The user of a Bearer access token or of the login cookie, if still theirs (docs/security.md)."""
         header = self.request.headers.get("Authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
@@ -70,14 +77,17 @@ class BaseHandler(tornado.web.RequestHandler):
             except tokens.TokenError as e:
                 self.token_error = str(e)
                 return None
-            return await users.get_user(self.db, claimed.id)
-        user_id = self.get_signed_cookie(LOGIN_COOKIE, max_age_days=self.config.refresh_token_ttl / 86400)
-        if not user_id:
+            user = await users.get_user(self.db, claimed.id)
+            if not claimed.matches(user):
+                self.token_error = "the token is no longer valid; log in again"
+                return None
+            return user
+        cookie = self.get_signed_cookie(LOGIN_COOKIE, max_age_days=self.config.refresh_token_ttl / 86400)
+        user_id, _, session = (cookie or b"").decode("ascii", "replace").partition(":")
+        if parse_id(user_id) is None or not session.isdigit():
             return None
-        try:
-            return await users.get_user(self.db, int(user_id))
-        except ValueError:
-            return None
+        user = await users.get_user(self.db, int(user_id))
+        return user if user is not None and user.session == int(session) else None
 
     async def check_login(self, email: Any, password: Any) -> User:
         """The user these credentials name (see auth.login), or `Refused`."""
@@ -122,7 +132,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_login_cookie(self, user: User) -> None:
         self.set_signed_cookie(
-            LOGIN_COOKIE, str(user.id),
+            LOGIN_COOKIE, f"{user.id}:{user.session}",
             expires_days=self.config.refresh_token_ttl / 86400,
             httponly=True, samesite="Lax", secure=self.request.protocol == "https",
         )
@@ -187,6 +197,33 @@ class ApiHandler(BaseHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="api"')
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": reason}))
+
+
+def apply_forwarded(request: HTTPServerRequest, trusted: tuple[IPv4Network | IPv6Network, ...]) -> None:
+    """The client's address and scheme as a trusted proxy (TRUSTED_PROXIES) reports them.
+
+    From anyone else `X-Forwarded-For`, `X-Real-IP` and `X-Forwarded-Proto` are ignored:
+    a client could write them to get round the login throttle or into the log. Through
+    proxies, the client is the nearest address in `X-Forwarded-For` that is not one."""
+    if not trusted or not _within(request.remote_ip, trusted):
+        return
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    client = next((h for h in reversed(hops) if not _within(h, trusted)), None)
+    client = client or request.headers.get("X-Real-IP", "").strip() or None
+    if client and _within(client, ()) is not None:
+        request.remote_ip = client
+    scheme = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+    if scheme in ("http", "https"):
+        request.protocol = scheme
+
+
+def _within(address: str | None, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool | None:
+    """Whether `address` lies in one of `networks`; None when it is not an address at all."""
+    try:
+        ip = ip_address((address or "").strip())
+    except ValueError:
+        return None
+    return any(ip in network for network in networks)
 
 
 def retry_after(handler: tornado.web.RequestHandler, exc: BaseException | None) -> None:

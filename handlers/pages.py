@@ -239,7 +239,11 @@ class LoginPage(PageHandler):
 class LogoutHandler(PageHandler):
     login_required = False
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        """Log out: this login cookie, and every token and cookie issued to this person before, stop working."""
+        if self.current_user is not None:
+            await users.end_sessions(self.db, self.current_user.id)
+            self.hub.sessions_ended(self.current_user.id)
         self.clear_cookie(LOGIN_COOKIE)
         self.redirect("/login")
 

@@ -14,7 +14,8 @@ from typing import Any
 import tornado.websocket
 
 from auth import tokens
-from models import parcels
+from handlers.base import apply_forwarded
+from models import parcels, users
 from models.access import User, can_send_location, can_view
 from models.db import parse_id
 from realtime import protocol
@@ -28,6 +29,7 @@ RATE_WINDOW = 1.0  # seconds
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY = 4429
 NOT_ALLOWED = "this parcel does not exist or you may not track it"
 
 
@@ -41,6 +43,7 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
 class TrackingSocket(tornado.websocket.WebSocketHandler):
     user: User | None = None
     parcel_id: int | None = None
+    _counted: str | None = None  # the address this socket is counted under in `Limits`
 
     @property
     def hub(self) -> Hub:
@@ -55,19 +58,28 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
 
     async def open(self) -> None:
         self._recent: deque[float] = deque()
+        config = self.application.config
+        apply_forwarded(self.request, config.trusted_proxies)
         raw_id = self._argument("parcel_id")
         if not re.fullmatch(r"-?[0-9]+", raw_id):
             return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
         try:
-            user = tokens.verify(self._argument("token"), "access", self.application.config.secret_key)
+            claimed = tokens.verify(self._argument("token"), tokens.SOCKET_TYPES, config.secret_key)
         except tokens.TokenError as e:
             return self._reject(CLOSE_UNAUTHENTICATED, str(e))
+        user = await users.get_user(self.application.db, claimed.id)
+        if not claimed.matches(user):  # deleted, demoted, logged out, or a new password since
+            return self._reject(CLOSE_UNAUTHENTICATED, "the token is no longer valid; log in again")
         parcel_id = parse_id(raw_id)  # any other integer names no parcel
         parcel = None if parcel_id is None else await parcels.get_parcel(self.application.db, parcel_id)
         if parcel is None or not can_view(user, parcel):
             return self._reject(CLOSE_FORBIDDEN, NOT_ALLOWED)
         if self.ws_connection is None or self.ws_connection.is_closing():
             return  # the peer left while we looked the parcel up
+        address = self.request.remote_ip or ""
+        if refused := self.application.limits.open(user.id, address):
+            return self._reject(CLOSE_TOO_MANY, refused)
+        self._counted = address
         self.user, self.parcel_id = user, parcel_id
         snapshot = self.hub.subscribe(self, parcel)
         self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"]))
@@ -99,8 +111,13 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
         if len(self._recent) >= RATE_LIMIT:
             raise protocol.ProtocolError(f"too many messages: at most {RATE_LIMIT} a second")
         self._recent.append(now)
+        if refused := self.application.limits.message(self.user.id):
+            raise protocol.ProtocolError(refused)
 
     def on_close(self) -> None:
+        if self._counted is not None:
+            self.application.limits.close(self.user.id, self._counted)
+            self._counted = None
         if self.parcel_id is None:
             return
         self.hub.unsubscribe(self, self.parcel_id)
@@ -126,8 +143,8 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
             return
         future.add_done_callback(_ignore_closed)
 
-    def revoke(self, message: str) -> None:
-        self._reject(CLOSE_FORBIDDEN, message)
+    def revoke(self, message: str, code: int = CLOSE_FORBIDDEN) -> None:
+        self._reject(code, message)
 
     def _reject(self, code: int, message: str) -> None:
         self.send_text(protocol.error(message))

@@ -19,6 +19,7 @@ class User:
     role: str
     email: str = ""
     name: str = ""
+    session: int = 0  # moves on at logout, a new password or a new role: older tokens stop working
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "email": self.email, "name": self.name, "role": self.role}

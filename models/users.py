@@ -42,7 +42,8 @@ def check_email(email: object) -> str:
 
 
 def _user(doc: dict[str, Any]) -> User:
-    return User(id=doc["_id"], role=doc["role"], email=doc["email"], name=doc.get("name", ""))
+    return User(id=doc["_id"], role=doc["role"], email=doc["email"], name=doc.get("name", ""),
+                session=doc.get("session", 0))
 
 
 async def create_user(db: Database, *, email: str, password_hash: str, role: str, name: str = "") -> User:
@@ -64,6 +65,23 @@ async def create_user(db: Database, *, email: str, password_hash: str, role: str
     except DuplicateKeyError:  # a concurrent create won the race
         raise EmailTaken(email) from None
     return _user(doc)
+
+
+async def end_sessions(db: Database, user_id: int, **changes: Any) -> User | None:
+    """Move the user's session on (with `changes`: a new password hash, a new role), so
+    every token and login cookie issued before stops working; the user as now stored."""
+    await db.users.update_one({"_id": user_id}, {"$inc": {"session": 1}, **({"$set": changes} if changes else {})})
+    return await get_user(db, user_id)
+
+
+async def set_password(db: Database, user_id: int, password_hash: str) -> User | None:
+    return await end_sessions(db, user_id, password_hash=password_hash)
+
+
+async def set_role(db: Database, user_id: int, role: str) -> User | None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    return await end_sessions(db, user_id, role=role)
 
 
 async def get_user(db: Database, user_id: int) -> User | None:

@@ -23,13 +23,15 @@ from models.locations import SampleWriter
 from realtime import protocol
 from realtime.broker import make_broker
 
+SESSION_ENDED = 4401  # the close code of a socket whose user's session ended
+
 
 class Subscriber(Protocol):
     user: User
 
     def send_text(self, text: str) -> None: ...
 
-    def revoke(self, message: str) -> None: ...
+    def revoke(self, message: str, code: int = ...) -> None: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -69,6 +71,7 @@ class Hub:
         self.shutdown_timeout = shutdown_timeout
         self.broker = make_broker(broker_url, self._deliver)
         self._subscribers: dict[int, set[Subscriber]] = {}
+        self._by_user: dict[int, set[Subscriber]] = {}
         self._states: dict[int, ParcelState] = {}
         self._latest: dict[int, str] = {}  # the latest location_update text of each parcel
         self._accepted: dict[int, int] = {}
@@ -97,6 +100,7 @@ class Hub:
         """Add a subscriber; returns the snapshot to send it (the latest location), if any."""
         parcel_id = parcel["_id"]
         self._subscribers.setdefault(parcel_id, set()).add(subscriber)
+        self._by_user.setdefault(subscriber.user.id, set()).add(subscriber)
         self._states[parcel_id] = ParcelState(parcel.get("driver_id"), parcel["status"], time.monotonic())
         if parcel_id in self._latest:
             return self._latest[parcel_id]
@@ -108,6 +112,11 @@ class Hub:
         return protocol.location_update(parcel_id, driver_id, location, last["timestamp"])
 
     def unsubscribe(self, subscriber: Subscriber, parcel_id: int) -> None:
+        mine = self._by_user.get(subscriber.user.id)
+        if mine is not None:
+            mine.discard(subscriber)
+            if not mine:
+                del self._by_user[subscriber.user.id]
         subscribers = self._subscribers.get(parcel_id)
         if subscribers is None:
             return
@@ -175,6 +184,10 @@ class Hub:
             "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
         })
 
+    def sessions_ended(self, user_id: int) -> None:
+        """A user logged out, or their password or role changed: close their sockets (4401), in every process."""
+        self.broker.publish({"kind": "user", "user_id": user_id})
+
     def _save_unsaved(self, parcel_id: int) -> None:
         position = self._unsaved.pop(parcel_id)
         self.writer.add(parcel_id, position.driver_id, position.location, position.timestamp)
@@ -182,6 +195,8 @@ class Hub:
     # -- events out (from the broker, in every process) -----------------------
 
     def _deliver(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "user":
+            return self._end_sessions(event["user_id"])
         parcel_id = event["parcel_id"]
         if event["kind"] == "location":
             text = self._latest[parcel_id] = event["text"]
@@ -207,6 +222,12 @@ class Hub:
                 self._save_unsaved(parcel_id)
             self._accepted.pop(parcel_id, None)
             self._latest.pop(parcel_id, None)
+
+    def _end_sessions(self, user_id: int) -> None:
+        for subscriber in list(self._by_user.get(user_id, ())):
+            for parcel_id in [p for p, subs in self._subscribers.items() if subscriber in subs]:
+                self.unsubscribe(subscriber, parcel_id)
+            subscriber.revoke("your session has ended; log in again", SESSION_ENDED)
 
     def _revoke_driver(self, parcel_id: int, driver_id: int) -> None:
         """A replaced driver's sockets are closed (4403); their position is not the parcel's now."""

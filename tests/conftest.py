@@ -123,7 +123,8 @@ class World:
         """A page request as a browser makes it: the login cookie, the XSRF cookie and field, no redirects followed."""
         cookies = [f"_xsrf={XSRF}"]
         if user is not None:
-            cookies.append("user=" + tornado.web.create_signed_value(TEST_SECRET, "user", str(user.id)).decode())
+            session = f"{user.id}:{user.session}"
+            cookies.append("user=" + tornado.web.create_signed_value(TEST_SECRET, "user", session).decode())
         payload = None
         if method == "POST":
             payload = urlencode({**({"_xsrf": XSRF} if xsrf else {}), **(form or {})})

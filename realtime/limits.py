@@ -1,0 +1,58 @@
+"""Limits per user and per address, across all of a user's sockets (docs/protocol.md, "Limits").
+
+One socket may send 10 location messages a second (the socket handler counts that);
+these count what a user does through all their sockets together, so that opening
+more sockets buys no more: messages a second, and sockets open at once (also per
+address, for tokens shared out). They hold for one process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+USER_MESSAGES_PER_SECOND = 20  # location messages, all of a user's sockets together
+USER_SOCKETS = 20  # open at once
+ADDRESS_SOCKETS = 200  # open at once from one address (a depot's drivers may share one)
+
+
+class Limits:
+    def __init__(self, user_messages: int = USER_MESSAGES_PER_SECOND, user_sockets: int = USER_SOCKETS,
+                 address_sockets: int = ADDRESS_SOCKETS) -> None:
+        self.user_messages = user_messages
+        self.user_sockets = user_sockets
+        self.address_sockets = address_sockets
+        self._sent: dict[int, deque[float]] = {}
+        self._open_by_user: dict[int, int] = {}
+        self._open_by_address: dict[str, int] = {}
+
+    def open(self, user_id: int, address: str) -> str | None:
+        """Count a socket in; the reason it may not open, or None (then `close` it later)."""
+        if self._open_by_user.get(user_id, 0) >= self.user_sockets:
+            return f"too many open sockets: at most {self.user_sockets} for one user"
+        if self._open_by_address.get(address, 0) >= self.address_sockets:
+            return f"too many open sockets: at most {self.address_sockets} from one address"
+        self._open_by_user[user_id] = self._open_by_user.get(user_id, 0) + 1
+        self._open_by_address[address] = self._open_by_address.get(address, 0) + 1
+        return None
+
+    def close(self, user_id: int, address: str) -> None:
+        for counts, key in ((self._open_by_user, user_id), (self._open_by_address, address)):
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+        if user_id not in self._open_by_user:
+            self._sent.pop(user_id, None)
+
+    def message(self, user_id: int) -> str | None:
+        """Count one location message of this user; the reason it is refused, or None."""
+        now = time.monotonic()
+        sent = self._sent.setdefault(user_id, deque())
+        while sent and sent[0] <= now - 1.0:
+            sent.popleft()
+        if len(sent) >= self.user_messages:
+            return f"too many messages: at most {self.user_messages} a second from all of your sockets"
+        sent.append(now)
+        return None
