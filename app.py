@@ -58,6 +58,7 @@ class Application(tornado.web.Application):
         self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
         self.limits = Limits()
+        self.drivers = users.Directory(self.db, "driver")
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined,

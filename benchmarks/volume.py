@@ -882,11 +882,14 @@ async def load_test(server: Server, db: MongoDatabase, subjects: Subjects, data_
         return {"skipped": "no load generator"}
     http = Http(server.url, subjects)
     try:
-        dispatcher_token = await http.token(subjects.dispatcher)
+        # The dispatchers take turns watching: one user may hold at most 100 sockets (realtime/limits.py).
+        first = first_dispatcher_id(subjects.sizes)
+        dispatcher_tokens = [await http.token(first + i) for i in range(subjects.sizes.dispatchers)]
         fixture_parcels = []
-        for p in subjects.load_parcels:
+        for i, p in enumerate(subjects.load_parcels):
             fixture_parcels.append({"parcel_id": p["_id"], "driver_token": await http.token(p["driver_id"]),
-                                    "viewer_tokens": [await http.token(p["owner_id"]), dispatcher_token]})
+                                    "viewer_tokens": [await http.token(p["owner_id"]),
+                                                      dispatcher_tokens[i % len(dispatcher_tokens)]]})
     finally:
         http.close()
     fixture = data_dir / "loadgen-fixture.json"

@@ -354,7 +354,7 @@ class DispatchPage(PageHandler):
                                                       finished=finished)
             later = cursor and {"part": "finished" if cursor.finished else "", "before": cursor.before}
         names = await self.names(rows)
-        drivers = await users.list_users(self.db, "driver")
+        drivers = await self.application.drivers.users()
         self.page(
             "dispatch.html",
             parcels=[parcel_view(p, names) for p in rows],
