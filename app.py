@@ -50,7 +50,9 @@ class Application(tornado.web.Application):
 
     def __init__(self, config: Settings, mongodb_uri: str) -> None:
         self.config = config
-        self.db = Database(mongodb_uri, config.mongodb_db, config.location_retention_days)
+        # The embedded server (no MONGODB_URI) gets no TTL index: see Database._retention_index.
+        self.db = Database(mongodb_uri, config.mongodb_db, config.location_retention_days,
+                           ttl_index=bool(config.mongodb_uri))
         writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
                               parcel_interval=config.last_location_interval)
         self.hub = Hub(self.db, writer, config.location_sample_every, config.broker_url, config.parcel_state_ttl,
@@ -170,7 +172,7 @@ async def database_uri(config: Settings) -> AsyncIterator[str]:
 async def database(config: Settings) -> AsyncIterator[Database]:
     """The configured database, its indexes in place, for one command."""
     async with database_uri(config) as uri:
-        db = Database(uri, config.mongodb_db)
+        db = Database(uri, config.mongodb_db, config.location_retention_days, ttl_index=bool(config.mongodb_uri))
         try:
             await db.ensure_indexes()
             yield db

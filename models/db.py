@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 SEQUENCES = ("users", "parcels")
 MAX_ID = 2**63 - 1  # ids are BSON int64
@@ -57,7 +57,8 @@ def iso(moment: datetime | None) -> str | None:
 class Database:
     """The app's collections on one client; create it inside the IOLoop that uses it."""
 
-    def __init__(self, uri: str, name: str, retention_days: int = 90, server_timeout: float = 5.0) -> None:
+    def __init__(self, uri: str, name: str, retention_days: int = 90, server_timeout: float = 5.0,
+                 ttl_index: bool = True) -> None:
         self.client: AsyncMongoClient = AsyncMongoClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=int(server_timeout * 1000), appname="parcel-tracking"
         )
@@ -67,6 +68,7 @@ class Database:
         self.locations = self.db["locations"]
         self.counters = self.db["counters"]
         self.retention = timedelta(days=retention_days)
+        self.ttl_index = ttl_index
 
     async def ensure_indexes(self) -> None:
         """Indexes, counters and schema in place: the first thing every command asks of the
@@ -95,15 +97,17 @@ class Database:
         await self._retention_index()
 
     async def _retention_index(self) -> None:
-        """The TTL index on a sample's time (MongoDB expires by it; `prune_locations` is the
-        same rule as one indexed delete, for a server whose expiry scans)."""
+        """The index on a sample's time that retention deletes by: a TTL index, so MongoDB
+        expires samples itself, unless `ttl_index` is off. It is off for the embedded
+        server: its TTL sweeper decodes the whole collection every minute under its lock
+        (16 s of stalled reads at a year's volume) and ignores the setting that would turn
+        it off; `prune_locations` applies the same rule there as one indexed delete."""
         seconds = int(self.retention.total_seconds())
-        try:
-            await self.locations.create_index([("timestamp", ASCENDING)], name="retention",
-                                              expireAfterSeconds=seconds)
-        except OperationFailure:  # LOCATION_RETENTION_DAYS changed: change the index in place
-            await self.db.command("collMod", "locations",
-                                  index={"name": "retention", "expireAfterSeconds": seconds})
+        options = {"expireAfterSeconds": seconds} if self.ttl_index else {}
+        existing = (await self.locations.index_information()).get("retention")
+        if existing is not None and existing.get("expireAfterSeconds") != options.get("expireAfterSeconds"):
+            await self.locations.drop_index("retention")  # the retention period or the server changed
+        await self.locations.create_index([("timestamp", ASCENDING)], name="retention", **options)
 
     async def _create_counters(self) -> None:
         # Created up front: concurrent upserts of a missing counter lose the race with `None`.

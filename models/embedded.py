@@ -93,14 +93,6 @@ class EmbeddedDatabase:
             return state
         return None
 
-    def _write_config(self) -> Path:
-        """The server's settings file. Its own TTL sweeper is off: it decodes the whole
-        collection every minute under its write lock (seconds at a year's volume), so the
-        app deletes expired samples itself with one indexed delete (models.db)."""
-        path = self.data_dir / "secantusd.toml"
-        path.write_text("[storage]\nttl_sweep_seconds = 0\n")
-        return path
-
     def _spawn(self) -> dict:
         port = _free_port()
         command = [
@@ -108,7 +100,6 @@ class EmbeddedDatabase:
             "--host", "127.0.0.1", "--port", str(port),
             "--storage-path", str(self.storage),
             "--standalone", "--log-level", "WARNING",
-            "--config", str(self._write_config()),
         ]
         with open(self.log_file, "ab") as log:
             # A session of its own: Ctrl-C in the terminal reaches the app, which

@@ -118,6 +118,9 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     assert (await users.find_by_email(db, "USER5@seed.test"))[0].id == 5
     assert len(await users.get_users(db, range(1, 101))) == 100
     assert len(await users.list_users(db, "dispatcher")) == 10
+    assert (await users.set_password(db, made.id, "y")).session == 1
+    assert (await users.set_role(db, made.id, "driver")).role == "driver"
+    assert (await users.end_sessions(db, made.id)).session == 3
     parcel = await parcels.create_parcel(db, owner_id=owner.id, pickup=moving["pickup"],
                                          destination=moving["destination"])
     assert parcel["_id"] == PARCELS + 1

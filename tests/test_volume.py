@@ -201,8 +201,19 @@ async def test_samples_older_than_the_retention_period_are_deleted(world):
     await world.app.prune_locations()
     remaining = await world.app.db.locations.find({"parcel_id": parcel["_id"]}).to_list(None)
     assert [d["lat"] for d in remaining] == [28.2]
-    ttl = (await world.app.db.locations.index_information())["retention"]
-    assert ttl["expireAfterSeconds"] == 3 * 86400 and ttl["key"] == [("timestamp", 1)]
+    index = (await world.app.db.locations.index_information())["retention"]
+    assert index["key"] == [("timestamp", 1)]
+    assert "expireAfterSeconds" not in index  # the embedded server: no TTL index, whose sweeper scans
+
+
+@pytest.mark.gen_test
+async def test_with_mongodb_the_retention_index_is_a_ttl_index(world, db_server):
+    db = Database(db_server, world.app.config.mongodb_db, retention_days=7, ttl_index=True)
+    try:
+        await db.ensure_indexes()  # the same database as the app's, which made it a plain index
+        assert (await db.locations.index_information())["retention"]["expireAfterSeconds"] == 7 * 86400
+    finally:
+        await db.close()
 
 
 # -- shutdown ------------------------------------------------------------------------------------
