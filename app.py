@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -30,10 +32,10 @@ import settings as settings_module
 from auth import passwords
 from auth.throttle import LoginThrottle
 from handlers import api, pages, tracking
-from handlers.base import ApiNotFound
+from handlers.base import ApiNotFound, StaticFiles
 from models import demo, geo, parcels, users
 from models.access import ROLES, may_drive, may_own_parcels
-from models.db import ID, Database, DatabaseUnavailable
+from models.db import ID, Database, DatabaseUnavailable, parse_id
 from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
 from realtime.broker import BrokerUnavailable
@@ -99,6 +101,7 @@ class Application(tornado.web.Application):
             xsrf_cookie_kwargs={"samesite": "Lax"},
             login_url="/login",
             static_path=str(HERE / "static"),
+            static_handler_class=StaticFiles,
             websocket_ping_interval=config.ws_ping_interval,
             websocket_ping_timeout=config.ws_ping_timeout,
             websocket_max_message_size=settings_module.WEBSOCKET_MAX_MESSAGE_SIZE,
@@ -180,14 +183,29 @@ async def database(config: Settings) -> AsyncIterator[Database]:
             await db.close()
 
 
+def read_password(args: argparse.Namespace) -> str:
+    """--password, or one line from standard input with --password-stdin, or a prompt at a
+    terminal: a password on the command line is visible to everyone on the machine (ps)."""
+    if args.password is not None and args.password_stdin:
+        raise UsageError("give --password or --password-stdin, not both")
+    if args.password is not None:
+        return args.password
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    raise UsageError("a password is required: --password-stdin, or run it at a terminal to be asked")
+
+
 async def create_user(config: Settings, args: argparse.Namespace) -> None:
     try:
         users.check_email(args.email)
     except users.InvalidEmail as e:
         raise UsageError(f"--{e}") from None
-    if problem := passwords.check_length(args.password):
+    password = read_password(args)
+    if problem := passwords.check_length(password):
         raise UsageError(problem)
-    password_hash = await passwords.hash_password(args.password, config.bcrypt_rounds)
+    password_hash = await passwords.hash_password(password, config.bcrypt_rounds)
     async with database(config) as db:
         try:
             user = await users.create_user(db, email=args.email, password_hash=password_hash,
@@ -212,10 +230,9 @@ async def create_parcel(config: Settings, args: argparse.Namespace) -> None:
 
 
 async def assign(config: Settings, args: argparse.Namespace) -> None:
-    try:
-        parcel_id = int(args.parcel_id)
-    except ValueError:
-        raise UsageError(f"PARCEL_ID must be a whole number, not {args.parcel_id!r}") from None
+    parcel_id = parse_id(args.parcel_id.strip())
+    if parcel_id is None:
+        raise UsageError(f"PARCEL_ID must be a parcel's number, not {args.parcel_id[:40]!r}")
     async with database(config) as db:
         found = await users.find_by_email(db, args.driver_email)
         if not may_drive(found and found[0]):
@@ -293,6 +310,12 @@ COMMANDS = {"serve": serve, "create-user": create_user, "create-parcel": create_
             "assign": assign, "demo": demo_data}
 
 
+def port_number(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, not {text[:20]!r}")
+    return int(text)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="app.py", description="Realtime parcel tracking.")
     parser.add_argument("--data-dir", help="where the embedded database and secret live (DATA_DIR)")
@@ -301,11 +324,12 @@ def build_parser() -> Parser:
     common.add_argument("--data-dir", default=argparse.SUPPRESS)
     s = sub.add_parser("serve", parents=[common], help="run the server")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=port_number, default=8000)
     s.add_argument("--no-demo", action="store_true", help="do not create demo data")
     u = sub.add_parser("create-user", parents=[common], help="create an account")
     u.add_argument("--email", required=True)
-    u.add_argument("--password", required=True)
+    u.add_argument("--password", help="visible to other users of the machine; prefer --password-stdin")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     u.add_argument("--role", required=True, choices=ROLES)
     u.add_argument("--name", default="")
     p = sub.add_parser("create-parcel", parents=[common], help="create a parcel for a client")
@@ -321,6 +345,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     tornado.log.enable_pretty_logging()
+    os.umask(0o077)  # the data dir, the secret, the database files: the owner's alone
     try:
         args = build_parser().parse_args(argv)
         config = Settings.from_env(data_dir=args.data_dir)

@@ -17,6 +17,7 @@ DEFAULT_TILE_URL = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
 
 WEBSOCKET_MAX_MESSAGE_SIZE = 4 * 1024  # bytes; a larger frame closes with 1009
 MAX_API_BODY_SIZE = 64 * 1024  # bytes; a larger JSON body gets 413
+STREAMED_BODY_LIMIT = 16 * 1024 * 1024  # bytes of an API body read (and dropped) before the connection is cut
 
 
 class SettingsError(ValueError):
@@ -126,7 +127,7 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _load_or_create_secret(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -28,10 +28,11 @@ async def hash_password(password: str, rounds: int) -> str:
 
 async def verify_password(password: str, password_hash: str | None, rounds: int) -> bool:
     """Check a password; with no hash (unknown email) spend the same time and say no."""
-    encoded = password.encode()[:MAX_PASSWORD_BYTES]
+    encoded = password.encode()
+    too_long = len(encoded) > MAX_PASSWORD_BYTES  # bcrypt would compare its first 72 bytes only
     target = (password_hash or _dummy_hash(rounds)).encode()
-    ok = await asyncio.get_running_loop().run_in_executor(None, bcrypt.checkpw, encoded, target)
-    return ok and password_hash is not None
+    ok = await asyncio.get_running_loop().run_in_executor(None, bcrypt.checkpw, encoded[:MAX_PASSWORD_BYTES], target)
+    return ok and password_hash is not None and not too_long
 
 
 _DUMMIES: dict[int, str] = {}

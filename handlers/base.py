@@ -22,7 +22,7 @@ from models import parcels, users
 from models.access import User, can_view
 from models.db import Database, parse_id
 from realtime.hub import Hub
-from settings import MAX_API_BODY_SIZE, Settings
+from settings import MAX_API_BODY_SIZE, STREAMED_BODY_LIMIT, Settings
 
 LOGIN_COOKIE = "user"
 
@@ -150,8 +150,13 @@ class BaseHandler(tornado.web.RequestHandler):
         ))
 
 
+@tornado.web.stream_request_body
 class ApiHandler(BaseHandler):
-    """JSON endpoints: `{"error": ...}` for every failure."""
+    """JSON endpoints: `{"error": ...}` for every failure.
+
+    The body streams in, so one over MAX_API_BODY_SIZE gets a 413 however it arrives: at
+    once when its Content-Length says so, and after it has been read (and dropped) when it
+    comes in chunks, up to STREAMED_BODY_LIMIT (past that the server cuts the connection)."""
 
     def check_xsrf_cookie(self) -> None:
         if "Authorization" in self.request.headers:
@@ -159,10 +164,18 @@ class ApiHandler(BaseHandler):
         super().check_xsrf_cookie()
 
     async def prepare(self) -> None:
-        length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > MAX_API_BODY_SIZE:
+        self._body: list[bytes] = []
+        self._body_size = 0
+        length = self.request.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length) > MAX_API_BODY_SIZE:
             raise Refused(413, "the request body is too large")
+        self.request.connection.set_max_body_size(STREAMED_BODY_LIMIT)
         await super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= MAX_API_BODY_SIZE:
+            self._body.append(chunk)
 
     def require_user(self) -> User:
         if self.current_user is None:
@@ -171,9 +184,13 @@ class ApiHandler(BaseHandler):
 
     def json_body(self) -> dict[str, Any]:
         try:
-            body = json.loads(self.request.body or b"null")
+            if self._body_size > MAX_API_BODY_SIZE:
+                raise Refused(413, "the request body is too large")
+            body = json.loads(b"".join(self._body) or b"null")
         except (ValueError, UnicodeDecodeError):
             raise Refused(400, "the body is not valid JSON") from None
+        except RecursionError:
+            raise Refused(400, "the body is nested too deeply") from None
         if not isinstance(body, dict):
             raise Refused(400, "the body must be a JSON object")
         return body
@@ -197,6 +214,18 @@ class ApiHandler(BaseHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="api"')
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": reason}))
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """The static files, with `nosniff`, and a 404 for a path no file can have (a NUL byte)."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        if "\x00" in absolute_path:
+            raise tornado.web.HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
 
 
 def apply_forwarded(request: HTTPServerRequest, trusted: tuple[IPv4Network | IPv6Network, ...]) -> None:

@@ -59,8 +59,12 @@ HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,
 
 
 def safe_next(target: str) -> str:
-    """A `next=` target only if it is a local path (no scheme, no host, no `//`)."""
-    if not target.startswith("/") or target.startswith("//") or any(c in target for c in "\\\r\n"):
+    """A `next=` target only if it is a local path: a `/` then no second `/` or `\\`, and no
+    control character, space or non-ASCII anywhere (browsers drop tabs and newlines from a
+    URL, so `/<TAB>/evil.host` would become `//evil.host`, another site)."""
+    if not target.startswith("/") or target[1:2] in ("/", "\\"):
+        return ""
+    if not target.isascii() or any(c <= " " or c in "\\\x7f" for c in target):
         return ""
     return target
 

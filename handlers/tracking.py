@@ -40,6 +40,30 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return origin.strip().rstrip("/").lower() in allowed
 
 
+class StrictProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's RFC 6455 protocol, but a peer that breaks it is told why before the
+    connection goes (RFC 6455 §7.4.1): 1007 for text that is not UTF-8, 1002 for any other
+    violation (reserved bits set, a fragmented or oversized control frame), where Tornado
+    would drop the TCP connection without a close frame."""
+
+    def _abort(self) -> None:
+        if not self.server_terminated:
+            self.close(1002, "protocol error")
+        super()._abort()
+
+    def _handle_message(self, opcode: int, data: bytes) -> Any:
+        if opcode != 0x1 or self.client_terminated or self._frame_compressed:
+            return super()._handle_message(opcode, data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.close(1007, "text frames must be UTF-8")
+            super()._abort()
+            return None
+        self._message_bytes_in += len(data)
+        return self._run_callback(self.handler.on_message, text)
+
+
 class TrackingSocket(tornado.websocket.WebSocketHandler):
     user: User | None = None
     parcel_id: int | None = None
@@ -55,6 +79,10 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
 
     def get_compression_options(self) -> None:
         return None  # permessage-deflate costs about ten times the memory per socket
+
+    def get_websocket_protocol(self) -> StrictProtocol | None:
+        protocol = super().get_websocket_protocol()
+        return None if protocol is None else StrictProtocol(self, False, protocol.params)
 
     async def open(self) -> None:
         self._recent: deque[float] = deque()

@@ -49,7 +49,9 @@ class EmbeddedDatabase:
     def start(self) -> str:
         """Start the database (or join the running one) and return its URI."""
         try:
-            self.storage.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.data_dir.chmod(0o700)  # private even when an older version made it 0755
+            self.storage.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise EmbeddedDatabaseError(f"cannot use {self.storage} for the database: {e.strerror}") from None
         with _locked(self.data_dir / "db-start.lock"):
@@ -104,8 +106,8 @@ class EmbeddedDatabase:
         with open(self.log_file, "ab") as log:
             # A session of its own: Ctrl-C in the terminal reaches the app, which
             # then stops the database in order, instead of both dying at once.
-            process = subprocess.Popen(
-                command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            process = subprocess.Popen(  # umask: its files are the owner's alone (0600)
+                command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
