@@ -36,7 +36,6 @@ LATEST_FIX = timedelta(seconds=60)
 FIRST_WINDOW = timedelta(hours=1)  # when the parcel's sampling density is not known
 MIN_WINDOW = timedelta(minutes=1)
 MILLISECOND = timedelta(milliseconds=1)
-HISTORY_FIELDS = {"lat": 1, "lng": 1, "address": 1, "timestamp": 1}  # and `_id`, for the order of equal times
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ async def history(db: Database, parcel: dict[str, Any], *, since: datetime | Non
     while low < end and len(found) < wanted:
         high = min(low + timedelta(seconds=size), end)
         query = {"parcel_id": parcel["_id"], "timestamp": {"$gt": low, "$lte": high}}
-        matched = await db.locations.find(query, HISTORY_FIELDS).to_list(None)
+        matched = await db.locations.find(query).to_list(None)
         found += matched
         size = next_window((high - low).total_seconds(), len(matched), wanted - len(found))
         low = high
