@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 
 import tornado.websocket
+from tornado.iostream import StreamClosedError
 
 from auth import tokens
 from handlers.base import apply_forwarded
@@ -44,7 +45,23 @@ class StrictProtocol(tornado.websocket.WebSocketProtocol13):
     """Tornado's RFC 6455 protocol, but a peer that breaks it is told why before the
     connection goes (RFC 6455 §7.4.1): 1007 for text that is not UTF-8, 1002 for any other
     violation (reserved bits set, a fragmented or oversized control frame), where Tornado
-    would drop the TCP connection without a close frame."""
+    would drop the TCP connection without a close frame. A client's frames must be masked
+    (RFC 6455 §5.1), which Tornado does not check: an unmasked one closes with 1002 too."""
+
+    _frame_start = False
+
+    async def _receive_frame(self) -> None:
+        self._frame_start = True  # the next two bytes read are a frame's header
+        await super()._receive_frame()
+
+    async def _read_bytes(self, n: int) -> bytes:
+        data = await super()._read_bytes(n)
+        if self._frame_start:
+            self._frame_start = False
+            if not data[1] & 0x80:
+                self._abort()
+                raise StreamClosedError()
+        return data
 
     def _abort(self) -> None:
         if not self.server_terminated:

@@ -248,6 +248,7 @@ def raw_frame(first_byte: int, payload: bytes, masked: bool = True) -> bytes:
 @pytest.mark.parametrize(("frame", "code"), [
     (raw_frame(0x81, b'{"type": "\xff"}'), 1007),  # text that is not UTF-8
     (raw_frame(0x81 | 0x40, b"{}"), 1002),  # a reserved bit set
+    (raw_frame(0x81, b'{"type": "location_update"}', masked=False), 1002),  # a client frame not masked
 ])
 async def test_protocol_violations_get_their_close_code(world, frame, code):
     s = await scene(world)
