@@ -31,6 +31,8 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY = 4429
+CLOSE_TOO_SLOW = 1008  # policy violation: a subscriber that stopped reading
+MAX_UNSENT = 1024 * 1024  # bytes waiting for one subscriber before it is closed
 NOT_ALLOWED = "this parcel does not exist or you may not track it"
 
 
@@ -181,7 +183,15 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     # -- the hub's side (Subscriber) -----------------------------------------
 
     def send_text(self, text: str) -> None:
-        """Send a frame; a socket that has gone meanwhile is simply skipped."""
+        """Send a frame; a socket that has gone meanwhile is simply skipped, and one whose
+        reader has fallen MAX_UNSENT behind is closed (1008) rather than kept in memory."""
+        if _unsent(self.ws_connection) > MAX_UNSENT:
+            if not self.ws_connection.is_closing():
+                log.info("closing a socket that stopped reading (%d bytes waiting)", _unsent(self.ws_connection))
+                self.close(CLOSE_TOO_SLOW, "you are not reading your messages")
+                if self.parcel_id is not None:  # no more fan-out to it while its close is pending
+                    self.hub.unsubscribe(self, self.parcel_id)
+            return
         try:
             future = self.write_message(text)
         except tornado.websocket.WebSocketClosedError:
@@ -194,6 +204,12 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     def _reject(self, code: int, message: str) -> None:
         self.send_text(protocol.error(message))
         self.close(code, message[:120])
+
+
+def _unsent(connection: Any) -> int:
+    """Bytes written to a socket that its peer has not taken yet (Tornado keeps no public count)."""
+    stream = getattr(connection, "stream", None)
+    return len(stream._write_buffer) if stream is not None else 0
 
 
 def _ignore_closed(future: Any) -> None:

@@ -22,6 +22,7 @@ import pytest
 from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from handlers import tracking
 from models import users
 from tests.conftest import PASSWORD, TEST_SECRET, World, body, claims, location, refused, settings
 from tests.process import ROOT, app_env, run_cli
@@ -32,6 +33,7 @@ from tests.test_tracking_socket import (
     nothing_arrives,
     rejected,
     scene,
+    send_location,
     subscribed,
 )
 
@@ -338,3 +340,34 @@ async def test_nosniff_on_every_answer(world):
         answers.append(await AsyncHTTPClient().fetch(f"http://127.0.0.1:{world.port}{path}"))
     for answer in answers:
         assert answer.headers.get("X-Content-Type-Options") == "nosniff", answer.effective_url
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_subscriber_that_stops_reading_is_closed_and_the_others_carry_on(world, monkeypatch):
+    monkeypatch.setattr(tracking, "MAX_UNSENT", 64 * 1024)
+    monkeypatch.setattr(tracking, "RATE_LIMIT", 10**9)
+    world.app.limits.user_messages = 10**9
+    s = await scene(world)
+    stalled = await SlowReader.connect(world.port, f"parcel_id={s.id}&token={world.token(s.client)}")
+    stalled.writer.transport.pause_reading()  # reads nothing more: what it is sent piles up
+    watcher = await subscribed(world, s.id, s.dispatcher)
+    driver = await subscribed(world, s.id, s.driver)
+    address = "x" * 250
+    for n in range(1, 20_001):  # about 8 MB for each subscriber
+        driver.write_message(location(n % 90, 0.0, address=address))
+        if n % 500 == 0:  # the others keep up all along
+            for ws in (driver, watcher):
+                for _ in range(500):
+                    assert json.loads(await ws.read_message())["type"] == "location_update"
+        if world.app.hub.subscriber_count(s.id) == 2:
+            break
+    assert world.app.hub.subscriber_count(s.id) == 2, "the stalled socket was never let go"
+    stalled.writer.transport.resume_reading()
+    frames = []
+    while True:  # what it had been sent, then the close frame
+        opcode, payload = await stalled.frame()
+        if opcode == 0x8:
+            assert int.from_bytes(payload[:2], "big") == 1008
+            break
+        frames.append(opcode)
+    await send_location(driver, 1.5, 2.5, watcher)
