@@ -208,8 +208,8 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
 
 def _unsent(connection: Any) -> int:
     """Bytes written to a socket that its peer has not taken yet (Tornado keeps no public count)."""
-    stream = getattr(connection, "stream", None)
-    return len(stream._write_buffer) if stream is not None else 0
+    buffer = getattr(getattr(connection, "stream", None), "_write_buffer", None)  # None once closed
+    return len(buffer) if buffer is not None else 0
 
 
 def _ignore_closed(future: Any) -> None:
