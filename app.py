@@ -31,7 +31,7 @@ from pymongo.errors import PyMongoError
 import settings as settings_module
 from auth import passwords
 from auth.throttle import LoginThrottle
-from handlers import api, pages, tracking
+from handlers import api, ops, pages, tracking
 from handlers.base import ApiNotFound, StaticFiles
 from models import demo, geo, parcels, users
 from models.access import ROLES, may_drive, may_own_parcels
@@ -70,6 +70,8 @@ class Application(tornado.web.Application):
         parcel = user = f"({ID})"
         routes = [
             (r"/ws/tracking/?", tracking.TrackingSocket),
+            (r"/healthz/?", ops.HealthHandler),
+            (r"/metrics/?", ops.MetricsHandler),
             (r"/api/token/?", api.TokenHandler),
             (r"/api/token/refresh/?", api.RefreshHandler),
             (r"/api/token/ws/?", api.SocketTokenHandler),

@@ -35,6 +35,8 @@ class Settings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     location_sample_every: int = 5
     broker_url: str = ""
+    metrics_token: str = ""
+    database_deadline: float = 2.5  # seconds a request may wait for the database before it answers 503
     public_ws_url: str = ""
     tile_url: str = DEFAULT_TILE_URL
     access_token_ttl: int = 900
@@ -68,6 +70,7 @@ class Settings:
             trusted_proxies=_networks(env.get("TRUSTED_PROXIES", "")),
             location_sample_every=_positive_int(env, "LOCATION_SAMPLE_EVERY", 5),
             broker_url=env.get("BROKER_URL", "").strip(),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             public_ws_url=env.get("PUBLIC_WS_URL", "").strip().rstrip("/"),
             tile_url=env.get("TILE_URL", "").strip() or DEFAULT_TILE_URL,
             access_token_ttl=_positive_int(env, "ACCESS_TOKEN_TTL", 900),

@@ -14,13 +14,14 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import pymongo
 import tornado.web
 from tornado.httputil import HTTPServerRequest
 
 from auth import login, tokens
 from models import parcels, users
 from models.access import User, can_view
-from models.db import Database, parse_id
+from models.db import Database, parse_id, unreachable
 from realtime.hub import Hub
 from settings import MAX_API_BODY_SIZE, STREAMED_BODY_LIMIT, Settings
 
@@ -56,8 +57,33 @@ class BaseHandler(tornado.web.RequestHandler):
     def config(self) -> Settings:
         return self.application.config
 
+    credentials_required = True  # without a token or a login cookie the answer is 401
+
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+
+    def check_xsrf_cookie(self) -> None:
+        """XSRF guards what a browser's ambient login cookie could be made to do. A Bearer
+        token is never sent on its own; a request with no credentials at all has nothing to
+        forge and gets its 401 (never a 403 first)."""
+        if "Authorization" in self.request.headers:
+            return
+        if self.credentials_required and self.get_cookie(LOGIN_COOKIE) is None:
+            return
+        super().check_xsrf_cookie()
+
+    async def _execute(self, *args: Any, **kwargs: Any) -> None:
+        # Every database call of a request shares one deadline, so a database that is down
+        # or frozen costs a request DATABASE_DEADLINE, not PyMongo's 30 s (then 503, below).
+        with pymongo.timeout(self.config.database_deadline):
+            await super()._execute(*args, **kwargs)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        # The one place a database that does not answer becomes an answer: 503 with a message.
+        if unreachable(e):
+            self.application.hub.metrics.database_errors.inc()
+            e = Refused(503, "the database is unavailable", retry_after=5)
+        super()._handle_request_exception(e)
 
     async def prepare(self) -> None:
         apply_forwarded(self.request, self.config.trusted_proxies)
@@ -158,11 +184,6 @@ class ApiHandler(BaseHandler):
     once when its Content-Length says so, and after it has been read (and dropped) when it
     comes in chunks, up to STREAMED_BODY_LIMIT (past that the server cuts the connection)."""
 
-    def check_xsrf_cookie(self) -> None:
-        if "Authorization" in self.request.headers:
-            return  # a Bearer token is not sent by the browser on its own
-        super().check_xsrf_cookie()
-
     async def prepare(self) -> None:
         self._body: list[bytes] = []
         self._body_size = 0
@@ -219,8 +240,20 @@ class ApiHandler(BaseHandler):
 class StaticFiles(tornado.web.StaticFileHandler):
     """The static files, with `nosniff`, and a 404 for a path no file can have (a NUL byte)."""
 
+    credentials_required = True  # without a token or a login cookie the answer is 401
+
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+
+    def check_xsrf_cookie(self) -> None:
+        """XSRF guards what a browser's ambient login cookie could be made to do. A Bearer
+        token is never sent on its own; a request with no credentials at all has nothing to
+        forge and gets its 401 (never a 403 first)."""
+        if "Authorization" in self.request.headers:
+            return
+        if self.credentials_required and self.get_cookie(LOGIN_COOKIE) is None:
+            return
+        super().check_xsrf_cookie()
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         if "\x00" in absolute_path:

@@ -54,7 +54,11 @@ DISPATCH_FILTER_LABELS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 DISPATCH_FILTERS = {value: statuses for value, (_, statuses) in DISPATCH_FILTER_LABELS.items()}
 # The steps a driver takes from their page, in order, with the button's text.
 DRIVER_STEPS = (("picked_up", "Picked up"), ("in_transit", "In transit"), ("delivered", "Delivered"))
-ERROR_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed", 409: "Not possible now"}
+ERROR_TITLES = {
+    400: "Bad request", 401: "Log in again", 403: "Not allowed", 404: "Not found", 405: "Not allowed",
+    409: "Not possible now", 503: "Temporarily unavailable",
+}
+UNAVAILABLE = "The database is not answering right now. Live maps keep moving; try this page again in a moment."
 HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 
 
@@ -162,6 +166,10 @@ class PageHandler(BaseHandler):
     roles: tuple[str, ...] = ()  # who may open it; empty: anyone logged in
     login_required = True
 
+    @property
+    def credentials_required(self) -> bool:  # the login form itself keeps its XSRF check
+        return self.login_required
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", content_security_policy(self.config, self.request.host))
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -177,7 +185,7 @@ class PageHandler(BaseHandler):
         user = self.current_user
         if user is None:
             if self.request.method not in ("GET", "HEAD"):
-                raise Refused(403, "Your session has ended. Log in again, then try once more.")
+                raise Refused(401, "Your session has ended. Log in again, then try once more.")
             return self.redirect(self.get_login_url() + "?" + urlencode({"next": self.request.uri}))
         if self.roles and user.role not in self.roles:
             wanted = " and ".join(ROLE_PLURALS[r] for r in self.roles)
@@ -204,7 +212,9 @@ class PageHandler(BaseHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         retry_after(self, exc)
-        if isinstance(exc, Refused):
+        if status_code == 503:
+            message = UNAVAILABLE
+        elif isinstance(exc, Refused):
             message = sentence(exc.message)
         elif status_code == 403 and "xsrf" in str(getattr(exc, "log_message", "") or "").lower():
             message = "This form has expired. Go back, reload the page and try again."

@@ -11,14 +11,16 @@ import time
 from collections import deque
 from typing import Any
 
+import pymongo
 import tornado.websocket
+from pymongo.errors import PyMongoError
 from tornado.iostream import StreamClosedError
 
 from auth import tokens
 from handlers.base import apply_forwarded
 from models import parcels, users
 from models.access import User, can_send_location, can_view
-from models.db import parse_id
+from models.db import parse_id, unreachable
 from realtime import protocol
 from realtime.hub import Hub
 
@@ -31,6 +33,7 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY = 4429
+CLOSE_TRY_LATER = 1013  # the database is unavailable: the page reconnects with backoff
 CLOSE_TOO_SLOW = 1008  # policy violation: a subscriber that stopped reading
 MAX_UNSENT = 1024 * 1024  # bytes waiting for one subscriber before it is closed
 NOT_ALLOWED = "this parcel does not exist or you may not track it"
@@ -87,6 +90,7 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     user: User | None = None
     parcel_id: int | None = None
     _counted: str | None = None  # the address this socket is counted under in `Limits`
+    kind = "tracking"
 
     @property
     def hub(self) -> Hub:
@@ -114,11 +118,18 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
             claimed = tokens.verify(self._argument("token"), tokens.SOCKET_TYPES, config.secret_key)
         except tokens.TokenError as e:
             return self._reject(CLOSE_UNAUTHENTICATED, str(e))
-        user = await users.get_user(self.application.db, claimed.id)
+        parcel_id = parse_id(raw_id)  # any other integer names no parcel
+        try:
+            with pymongo.timeout(config.database_deadline):
+                user = await users.get_user(self.application.db, claimed.id)
+                parcel = None if parcel_id is None else await parcels.get_parcel(self.application.db, parcel_id)
+        except PyMongoError as e:
+            if not unreachable(e):
+                raise
+            self.application.hub.metrics.database_errors.inc()
+            return self._reject(CLOSE_TRY_LATER, "the database is unavailable; try again in a moment")
         if not claimed.matches(user):  # deleted, demoted, logged out, or a new password since
             return self._reject(CLOSE_UNAUTHENTICATED, "the token is no longer valid; log in again")
-        parcel_id = parse_id(raw_id)  # any other integer names no parcel
-        parcel = None if parcel_id is None else await parcels.get_parcel(self.application.db, parcel_id)
         if parcel is None or not can_view(user, parcel):
             return self._reject(CLOSE_FORBIDDEN, NOT_ALLOWED)
         if self.ws_connection is None or self.ws_connection.is_closing():
@@ -136,6 +147,7 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if self.parcel_id is None or self.ws_connection is None or self.ws_connection.is_closing():
             return  # rejected or revoked: frames the peer sent before it saw our close are dropped
+        self.hub.metrics.messages_in.labels(self.kind).inc()
         try:
             self._check_rate()
             location = protocol.parse_location(protocol.parse_message(message), self.parcel_id)

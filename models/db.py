@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 SEQUENCES = ("users", "parcels")
 MAX_ID = 2**63 - 1  # ids are BSON int64
@@ -37,6 +37,11 @@ def next_window(size: float, found: int, wanted: int) -> float:
 
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached or refuses to set up."""
+
+
+def unreachable(error: BaseException) -> bool:
+    """Is this the database not answering (down, frozen, too slow), rather than refusing a request?"""
+    return isinstance(error, ConnectionFailure) or (isinstance(error, PyMongoError) and error.timeout)
 
 
 def utcnow() -> datetime:
@@ -153,6 +158,10 @@ class Database:
         cutoff = (now or utcnow()) - self.retention
         result = await self.locations.delete_many({"timestamp": {"$lt": cutoff}})
         return result.deleted_count
+
+    async def ping(self) -> bool:
+        await self.client.admin.command("ping")
+        return True
 
     async def close(self) -> None:
         await self.client.close()

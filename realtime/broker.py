@@ -36,6 +36,10 @@ class LocalBroker:
     def publish(self, event: dict[str, Any]) -> None:
         self._deliver(event)
 
+    async def ping(self) -> None:
+        """Nothing to reach: /healthz reports the broker as "off"."""
+        return None
+
     async def close(self) -> None:
         pass
 
@@ -62,6 +66,9 @@ class RedisBroker:
 
     def publish(self, event: dict[str, Any]) -> None:
         self._outbox.put_nowait(json.dumps(event))
+
+    async def ping(self) -> bool:
+        return await self._redis.ping()
 
     async def _send(self) -> None:
         while True:

@@ -22,6 +22,7 @@ from models.db import Database, utcnow
 from models.locations import SampleWriter
 from realtime import protocol
 from realtime.broker import make_broker
+from realtime.metrics import Metrics
 
 SESSION_ENDED = 4401  # the close code of a socket whose user's session ended
 
@@ -63,8 +64,10 @@ class Hub:
     before it re-reads it, so that a change made by another process (the CLI) lands."""
 
     def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "",
-                 state_ttl: float = 5.0, shutdown_timeout: float = 8.0) -> None:
+                 state_ttl: float = 5.0, shutdown_timeout: float = 8.0, metrics: Metrics | None = None) -> None:
         self.db = db
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self)
         self.writer = writer
         self.sample_every = sample_every
         self.state_ttl = state_ttl
@@ -128,6 +131,15 @@ class Hub:
     def subscriber_count(self, parcel_id: int) -> int:
         return len(self._subscribers.get(parcel_id, ()))
 
+    def open_sockets(self) -> dict[tuple[str, str], int]:
+        """Open subscribers by (kind, role), for /metrics."""
+        counts: dict[tuple[str, str], int] = {}
+        for subscribers in self._by_user.values():
+            for subscriber in subscribers:
+                key = (getattr(subscriber, "kind", "tracking"), subscriber.user.role)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def latest_location(self, parcel_id: int) -> str | None:
         """The latest location_update broadcast for a parcel this process has seen, if any."""
         return self._latest.get(parcel_id)
@@ -166,7 +178,7 @@ class Hub:
         else:
             self._unsaved[parcel_id] = position
         self.broker.publish({
-            "kind": "location", "parcel_id": parcel_id,
+            "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
             "text": protocol.location_update(parcel_id, driver_id, location, position.timestamp),
         })
 
@@ -199,17 +211,20 @@ class Hub:
             return self._end_sessions(event["user_id"])
         parcel_id = event["parcel_id"]
         if event["kind"] == "location":
-            text = self._latest[parcel_id] = event["text"]
-        else:
-            self._apply_change(parcel_id, event["driver_id"], event["status"])
-            if event["revoke_driver_id"] is not None:
-                self._revoke_driver(parcel_id, event["revoke_driver_id"])
-            text = protocol.status(parcel_id, event["status"], utcnow())
-        self._send(parcel_id, text)
+            self._latest[parcel_id] = event["text"]
+            self._send(parcel_id, event["text"])
+            self.metrics.broadcast_latency.observe(max(0.0, time.time() - event["accepted"]))
+            return
+        self._apply_change(parcel_id, event["driver_id"], event["status"])
+        if event["revoke_driver_id"] is not None:
+            self._revoke_driver(parcel_id, event["revoke_driver_id"])
+        self._send(parcel_id, protocol.status(parcel_id, event["status"], utcnow()))
 
     def _send(self, parcel_id: int, text: str) -> None:
-        for subscriber in list(self._subscribers.get(parcel_id, ())):
+        subscribers = list(self._subscribers.get(parcel_id, ()))
+        for subscriber in subscribers:
             subscriber.send_text(text)
+        self.metrics.broadcasts_out.inc(len(subscribers))
 
     def _apply_change(self, parcel_id: int, driver_id: int | None, status: str) -> None:
         """Remember a parcel's new driver and status; once it is finished, save its final

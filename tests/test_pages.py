@@ -72,8 +72,8 @@ async def test_login_sets_an_httponly_cookie_and_goes_home(world):
 async def test_people_not_logged_in_are_sent_to_login(world):
     r = await world.page("/parcels/7/track")
     assert r.code == 302 and r.headers["Location"] == "/login?next=%2Fparcels%2F7%2Ftrack"
-    r = await world.page("/dispatch/parcels/7/assign", method="POST", form={"driver_id": "1"})
-    assert r.code == 403
+    r = await world.page("/dispatch/parcels/7/assign", method="POST", form={"driver": "d@example.test"})
+    assert r.code == 401 and "Your session has ended" in r.body.decode()  # 401, never 403, without a login
     r = await world.page("/no/such/page")
     assert r.code == 404 and "There is no page at this address." in r.body.decode()
 

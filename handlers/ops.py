@@ -1,0 +1,68 @@
+"""Operating it (docs/protocol.md, "Operating it"): /healthz for load balancers and
+supervisors, /metrics for Prometheus (loopback, or `Authorization: Bearer <METRICS_TOKEN>`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from ipaddress import ip_address
+
+from handlers.base import BaseHandler, Refused
+from realtime.metrics import CONTENT_TYPE
+
+HEALTH_TIMEOUT = 2.5  # seconds for each part to answer; /healthz answers within 3 s
+
+
+class HealthHandler(BaseHandler):
+    """GET /healthz: 200 when the database (and the broker, if any) answer, else 503 naming what failed."""
+
+    async def prepare(self) -> None:
+        pass  # no login, no database lookup of a user: this must answer when the database does not
+
+    async def get(self) -> None:
+        database, broker = await asyncio.gather(self._check(self.db.ping()), self._check(self.hub.broker.ping()))
+        healthy = database == "ok" and broker in ("ok", "off")
+        self.set_status(200 if healthy else 503)
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"status": "ok" if healthy else "unavailable", "database": database, "broker": broker})
+
+    @staticmethod
+    async def _check(probe) -> str:
+        try:
+            answer = await asyncio.wait_for(probe, HEALTH_TIMEOUT)
+        except Exception:  # unreachable, refused, frozen: all mean "not answering"
+            return "unavailable"
+        return "off" if answer is None else "ok"
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics: Prometheus text, for loopback clients or with the METRICS_TOKEN."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        token = self.config.metrics_token
+        header = self.request.headers.get("Authorization", "")
+        if token and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+            return
+        if not _loopback(self.request.remote_ip):
+            raise Refused(403, "metrics are for loopback clients or with the METRICS_TOKEN")
+
+    async def _authenticate(self):  # a Bearer here is the metrics token, not a user's
+        return None
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(self.application.hub.metrics.exposition())
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        self.finish({"error": exc.message if isinstance(exc, Refused) else self._reason.lower()})
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return ip_address(address or "").is_loopback
+    except ValueError:
+        return False
+

@@ -1,0 +1,67 @@
+"""What /metrics reports (docs/protocol.md, "Operating it"), through prometheus_client.
+
+Counters and the latency histogram are kept as things happen; the current figures
+(open sockets, samples queued) are read from the hub and the sample writer when
+Prometheus asks, so nothing is counted twice. One registry per application, so that
+each app (and each test) has its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from realtime.hub import Hub
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.messages_in = Counter("parcel_messages_in", "Messages received on sockets", ["kind"],
+                                   registry=self.registry)
+        self.broadcasts_out = Counter("parcel_broadcasts_out", "Frames sent to subscribers", registry=self.registry)
+        self.broadcast_latency = Histogram(
+            "parcel_broadcast_latency_seconds", "From a location's acceptance until every subscriber's frame is out",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=self.registry)
+        self.database_errors = Counter("parcel_database_errors", "Requests that found the database unavailable",
+                                       registry=self.registry)
+        self._hub: Hub | None = None
+
+    def watch(self, hub: Hub) -> None:
+        """Report the hub's sockets and its writer's queue at every scrape."""
+        self._hub = hub
+        self.registry.register(_Live(self))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Live:
+    """The figures read when Prometheus asks."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # unknown until collected: no name clash is possible with the counters above
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.metrics._hub
+        if hub is None:
+            return
+        sockets = GaugeMetricFamily("parcel_sockets_open", "Open sockets", labels=["kind", "role"])
+        for (kind, role), count in sorted(hub.open_sockets().items()):
+            sockets.add_metric([kind, role], count)
+        yield sockets
+        writer = hub.writer
+        yield GaugeMetricFamily("parcel_samples_queued", "Samples waiting to be written", value=writer.queued)
+        yield CounterMetricFamily("parcel_samples_written", "Samples written to the history", value=writer.written)
+        yield CounterMetricFamily("parcel_samples_dropped", "Samples dropped from a full queue", value=writer.dropped)
+        yield CounterMetricFamily("parcel_sample_write_errors", "Failed writes of samples (retried when the "
+                                  "database was unreachable)", value=writer.errors)
