@@ -80,10 +80,13 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def _handle_request_exception(self, e: BaseException) -> None:
         # The one place a database that does not answer becomes an answer: 503 with a message.
-        if unreachable(e):
-            self.application.hub.metrics.database_errors.inc()
-            e = Refused(503, "the database is unavailable", retry_after=5)
-        super()._handle_request_exception(e)
+        if not unreachable(e):
+            return super()._handle_request_exception(e)
+        self.application.hub.metrics.database_errors.inc()
+        try:  # raised, so that Tornado's handling (which reads sys.exc_info) sees the refusal
+            raise Refused(503, "the database is unavailable", retry_after=5) from e
+        except Refused as refusal:
+            super()._handle_request_exception(refusal)
 
     async def prepare(self) -> None:
         apply_forwarded(self.request, self.config.trusted_proxies)

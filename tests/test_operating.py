@@ -1,0 +1,126 @@
+"""Operating it (docs/protocol.md, "Operating it"): health, metrics, and a database that
+stops answering under a live drive (a real SIGSTOP of a real embedded database)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from ipaddress import ip_network
+
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from app import make_app
+from models.embedded import EmbeddedDatabase
+from tests.conftest import World, body, location, recv, refused, settings
+from tests.test_tracking_socket import expect_closed, expect_error, scene, send_location, subscribed
+
+
+@pytest.mark.gen_test
+async def test_healthz_says_what_answers(world):
+    r = await world.api("GET", "/healthz")
+    assert r.code == 200 and body(r) == {"status": "ok", "database": "ok", "broker": "off"}
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.gen_test
+async def test_metrics_count_sockets_messages_broadcasts_and_samples(world):
+    s = await scene(world)
+    watcher = await subscribed(world, s.id, s.client)
+    driver = await subscribed(world, s.id, s.driver)
+    for n in range(5):  # the fifth is sampled
+        await send_location(driver, 28.0 + n / 100, 77.0, watcher)
+    await world.app.hub.writer.flush()
+    r = await world.api("GET", "/metrics")
+    assert r.code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    text = r.body.decode()
+    for line in ('parcel_sockets_open{kind="tracking",role="client"} 1.0',
+                 'parcel_sockets_open{kind="tracking",role="driver"} 1.0',
+                 'parcel_messages_in_total{kind="tracking"} 5.0',
+                 "parcel_broadcasts_out_total 10.0", "parcel_broadcast_latency_seconds_count 5.0",
+                 "parcel_samples_queued 0.0", "parcel_samples_written_total 1.0",
+                 "parcel_samples_dropped_total 0.0", "parcel_database_errors_total 0.0"):
+        assert line in text, line
+
+
+@pytest.mark.gen_test
+@settings(trusted_proxies=(ip_network("127.0.0.1/32"),), metrics_token="m" * 32)
+async def test_metrics_are_for_loopback_or_the_metrics_token(world):
+    outside = {"X-Forwarded-For": "203.0.113.9"}  # through the trusted proxy, from outside
+    refused(await world.api("GET", "/metrics", headers=outside), 403)
+    refused(await world.api("GET", "/metrics", headers={**outside, "Authorization": "Bearer wrong"}), 403)
+    r = await world.api("GET", "/metrics", headers={**outside, "Authorization": f"Bearer {'m' * 32}"})
+    assert r.code == 200 and b"parcel_samples_queued" in r.body
+    assert (await world.api("GET", "/metrics")).code == 200  # loopback itself
+
+
+@pytest.mark.gen_test
+async def test_a_request_without_credentials_gets_401_not_403(world):
+    for method, path in (("POST", "/api/users/"), ("POST", "/api/parcels/"), ("GET", "/api/parcels/"),
+                         ("POST", "/api/parcels/1/status/"), ("POST", "/api/me/password/")):
+        refused(await world.api(method, path, body={} if method == "POST" else None), 401, path)
+
+
+@asynccontextmanager
+async def own_database(world: World, tmp_path) -> AsyncIterator[tuple[World, int]]:
+    """An app on a database of its own (so stopping that database touches no other test);
+    yields its World and the database's pid."""
+    embedded = EmbeddedDatabase(tmp_path / "own")
+    uri = embedded.start()
+    pid = json.loads((tmp_path / "own" / "db-server.json").read_text())["pid"]
+    app = make_app(dataclasses.replace(world.app.config), uri)
+    await app.start()
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        yield World(app, port), pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        server.stop()
+        await server.close_all_connections()
+        await app.stop()
+        embedded.stop()
+
+
+async def timed(call) -> tuple[float, object]:
+    started = time.monotonic()
+    answer = await call
+    return time.monotonic() - started, answer
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_frozen_database_costs_the_broadcast_nothing_and_requests_a_503_within_3_s(world, tmp_path):
+    async with own_database(world, tmp_path) as (own, pid):
+        s = await scene(own)
+        watcher = await subscribed(own, s.id, s.client)
+        driver = await subscribed(own, s.id, s.driver)
+        os.kill(pid, signal.SIGSTOP)  # the database freezes
+        for n in range(1, 11):  # the live drive goes on: every update reaches the watcher
+            await send_location(driver, 28.0 + n / 100, 77.0, watcher)
+        took, answer = await timed(own.api("GET", "/api/parcels/", s.client))
+        assert took < 3.0 and refused(answer, 503) == "the database is unavailable", took
+        took, health = await timed(own.api("GET", "/healthz"))
+        assert took < 3.0 and health.code == 503 and body(health)["database"] == "unavailable", took
+        took, page = await timed(own.page("/parcels", s.client))
+        assert took < 3.0 and page.code == 503 and "not answering" in page.body.decode()
+        late = await own.socket(s.id, own.token(s.client))  # a new socket is told, with 1013
+        await expect_error(late, "database is unavailable")
+        await expect_closed(late, 1013)
+        assert own.app.hub.writer.queued + own.app.hub.writer.parcels_pending > 0  # the samples wait
+
+        os.kill(pid, signal.SIGCONT)  # it is back: the samples land, health returns
+        assert await own.app.hub.writer.drain(within=15)
+        history = body(await own.api("GET", f"/api/parcels/{s.id}/locations/", s.client))["locations"]
+        assert [p["lat"] for p in history] == [28.05, 28.1]
+        assert (await own.api("GET", "/healthz")).code == 200
+        metrics = (await own.api("GET", "/metrics")).body.decode()
+        assert "parcel_database_errors_total 3.0" in metrics  # the API call, the page, the socket
+        driver.write_message(location(28.2, 77.0))
+        assert (await recv(watcher))["location"]["lat"] == 28.2
