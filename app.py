@@ -16,6 +16,8 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,6 +46,8 @@ from realtime.limits import Limits
 from settings import Settings, SettingsError
 
 HERE = Path(__file__).resolve().parent
+SUPERVISE_EVERY = 1.0  # seconds between two looks at the embedded database
+RESTARTS_PER_MINUTE = 3
 log = logging.getLogger("parcel")
 
 
@@ -160,15 +164,15 @@ class Parser(argparse.ArgumentParser):
 
 
 @asynccontextmanager
-async def database_uri(config: Settings) -> AsyncIterator[str]:
+async def database_uri(config: Settings) -> AsyncIterator[tuple[str, EmbeddedDatabase | None]]:
     """MONGODB_URI, or the embedded database's (started or joined, and left on the way out)."""
     if config.mongodb_uri:
-        yield config.mongodb_uri
+        yield config.mongodb_uri, None
         return
     embedded = EmbeddedDatabase(config.data_dir)
     uri = await asyncio.to_thread(embedded.start)
     try:
-        yield uri
+        yield uri, embedded
     finally:
         await asyncio.to_thread(embedded.stop)
 
@@ -176,7 +180,7 @@ async def database_uri(config: Settings) -> AsyncIterator[str]:
 @asynccontextmanager
 async def database(config: Settings) -> AsyncIterator[Database]:
     """The configured database, its indexes in place, for one command."""
-    async with database_uri(config) as uri:
+    async with database_uri(config) as (uri, _):
         db = Database(uri, config.mongodb_db, config.location_retention_days, ttl_index=bool(config.mongodb_uri))
         try:
             await db.ensure_indexes()
@@ -270,15 +274,35 @@ def print_logins() -> None:
 
 async def serve(config: Settings, args: argparse.Namespace) -> None:
     config = config.with_secret()
-    async with database_uri(config) as uri:
+    async with database_uri(config) as (uri, embedded):
         app = make_app(config, uri)
         try:
-            await run_server(app, args)
+            await run_server(app, args, embedded)
         finally:
             await app.stop()
 
 
-async def run_server(app: Application, args: argparse.Namespace) -> None:
+async def supervise(embedded: EmbeddedDatabase, stop: asyncio.Event) -> None:
+    """Restart the embedded database if it dies, on the same port (the app reconnects and the
+    queued samples land); more than RESTARTS_PER_MINUTE deaths a minute stop the server, which
+    then exits with status 1 so that its own supervisor (systemd, a container) sees it."""
+    restarts: deque[float] = deque()  # when it was restarted within the last minute
+    while not stop.is_set():
+        await asyncio.sleep(SUPERVISE_EVERY)
+        if await asyncio.to_thread(embedded.alive):
+            continue
+        now = time.monotonic()
+        while restarts and restarts[0] < now - 60:
+            restarts.popleft()
+        if len(restarts) >= RESTARTS_PER_MINUTE:
+            raise EmbeddedDatabaseError(f"the embedded database died {len(restarts) + 1} times within a minute")
+        restarts.append(now)
+        log.warning("the embedded database died; restarting it")
+        await asyncio.to_thread(embedded.revive)  # EmbeddedDatabaseError if it cannot
+        log.info("the embedded database is back")
+
+
+async def run_server(app: Application, args: argparse.Namespace, embedded: EmbeddedDatabase | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and connections in order."""
     config = app.config
     await app.start()
@@ -298,7 +322,13 @@ async def run_server(app: Application, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    watcher = asyncio.ensure_future(supervise(embedded, stop)) if embedded is not None else None
+    waiting = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([w for w in (watcher, waiting) if w], return_when=asyncio.FIRST_COMPLETED)
+    failed = watcher is not None and watcher in done
+    for task in (watcher, waiting):
+        if task is not None and not task.done():
+            task.cancel()
     log.info("stopping")
     server.stop()
     app.hub.close_all()
@@ -306,6 +336,8 @@ async def run_server(app: Application, args: argparse.Namespace) -> None:
         await asyncio.wait_for(server.close_all_connections(), timeout=5)
     except TimeoutError:
         log.warning("some connections did not close within 5 s")
+    if failed:
+        watcher.result()  # the supervisor's EmbeddedDatabaseError (exit status 1), once stopped in order
 
 
 COMMANDS = {"serve": serve, "create-user": create_user, "create-parcel": create_parcel,

@@ -28,6 +28,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 START_TIMEOUT = 20.0  # seconds to wait for the first ping
+JOIN_TIMEOUT = 15.0  # seconds a command waits for a running server to bring its database back
 
 
 class EmbeddedDatabaseError(RuntimeError):
@@ -45,6 +46,7 @@ class EmbeddedDatabase:
         self.uri = ""
         self.started_here = False
         self._users_fd: int | None = None
+        self._process: subprocess.Popen | None = None  # when this process started it (reaped by poll)
 
     def start(self) -> str:
         """Start the database (or join the running one) and return its URI."""
@@ -54,15 +56,45 @@ class EmbeddedDatabase:
             self.storage.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise EmbeddedDatabaseError(f"cannot use {self.storage} for the database: {e.strerror}") from None
-        with _locked(self.data_dir / "db-start.lock"):
-            state = self._running_state()
-            if state is None:
-                state = self._spawn()
-                self.started_here = True
-            self._users_fd = os.open(self.data_dir / "db-users.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while True:
+            with _locked(self.data_dir / "db-start.lock"):
+                state = self._running_state()
+                users_fd = os.open(self.data_dir / "db-users.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                if state is None and not _in_use(users_fd):
+                    state = self._spawn()
+                    self.started_here = True
+                if state is not None:
+                    fcntl.flock(users_fd, fcntl.LOCK_SH)
+                    self._users_fd = users_fd
+                    break
+                os.close(users_fd)
+            # A running server uses this data dir and its database is down: that server
+            # restarts it (never two databases on one data dir); wait for it.
+            if time.monotonic() > deadline:
+                raise EmbeddedDatabaseError(
+                    f"the database of the server using {self.data_dir} is not answering; try again in a moment")
+            time.sleep(0.25)
         self.uri = _uri(state["port"])
         return self.uri
+
+    def alive(self) -> bool:
+        """Is the database process still there (a dead child is reaped, not counted)?"""
+        if self._process is not None:
+            return self._process.poll() is None
+        state = self._read_state()
+        return state is not None and _alive(state["pid"])
+
+    def revive(self) -> bool:
+        """Start the database again on the same port if it has died (PyMongo reconnects to
+        it by itself); True if it had to. Raises EmbeddedDatabaseError if it cannot."""
+        with _locked(self.data_dir / "db-start.lock"):
+            if self.alive():
+                return False
+            port = int(self.uri.split(":")[2].split("/")[0])
+            self._spawn(port)
+            self.started_here = True
+            return True
 
     def stop(self) -> None:
         """Leave the database; stop it if nobody else is using it."""
@@ -95,8 +127,8 @@ class EmbeddedDatabase:
             return state
         return None
 
-    def _spawn(self) -> dict:
-        port = _free_port()
+    def _spawn(self, port: int | None = None) -> dict:
+        port = port or _free_port()
         command = [
             sys.executable, "-m", "secantus",
             "--host", "127.0.0.1", "--port", str(port),
@@ -118,6 +150,7 @@ class EmbeddedDatabase:
             if _ping(port, timeout=0.3):
                 state = {"pid": process.pid, "port": port}
                 self.state_file.write_text(json.dumps(state))
+                self._process = process
                 return state
             time.sleep(0.05)
         _terminate(process.pid)
@@ -138,6 +171,16 @@ class _locked:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def _in_use(users_fd: int) -> bool:
+    """Does another command (a running server) use this data dir? (It holds db-users.lock shared.)"""
+    try:
+        fcntl.flock(users_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(users_fd, fcntl.LOCK_UN)
+    return False
 
 
 def _uri(port: int) -> str:

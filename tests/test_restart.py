@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import time
 
 from tornado.websocket import websocket_connect
 
@@ -79,3 +81,72 @@ def test_a_database_that_cannot_start_is_one_clear_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("app.py: error:")
     assert os.listdir(blocked) == ["db"] or "db-server.json" not in os.listdir(blocked)
+
+
+def test_the_database_killed_under_a_live_drive_comes_back_with_every_sample(tmp_path):
+    """SIGKILL the embedded database while a driver drives (every update sampled): the
+    broadcast goes on, the server restarts the database within seconds on the same data dir,
+    the API answers again, new sockets subscribe, a CLI command meanwhile starts no second
+    database, and the history holds every update the server accepted."""
+    env = app_env(DATA_DIR=str(tmp_path), LOCATION_SAMPLE_EVERY="1")
+    for email, role in (("c@example.test", "client"), ("d@example.test", "driver")):
+        assert run_cli("create-user", "--email", email, "--password", "password1", "--role", role,
+                       env=env).returncode == 0
+    parcel_id = int(run_cli("create-parcel", "--owner", "c@example.test", "--pickup", "28.6,77.2",
+                            "--destination", "28.5,77.1", env=env).stdout)
+    assert run_cli("assign", str(parcel_id), "d@example.test", env=env).returncode == 0
+    server = Server(env, "--no-demo").start()
+    try:
+        driver_token, client_token = server.token("d@example.test", "password1"), server.token("c@example.test",
+                                                                                               "password1")
+        first_pid = json.loads((tmp_path / "db-server.json").read_text())["pid"]
+        base = f"ws://127.0.0.1:{server.port}/ws/tracking/?parcel_id={parcel_id}&token="
+
+        async def drive() -> tuple[int, float]:
+            driver = await websocket_connect(base + driver_token)
+            watcher = await websocket_connect(base + client_token)
+            for ws in (driver, watcher):
+                assert json.loads(await asyncio.wait_for(ws.read_message(), 5))["type"] == "subscribed"
+            accepted = 0
+            for n in range(1, 41):
+                if n == 10:
+                    os.kill(first_pid, signal.SIGKILL)
+                    killed_at = time.monotonic()
+                driver.write_message(location(28.0 + n / 1000, 77.0))
+                echo = json.loads(await asyncio.wait_for(driver.read_message(), 5))
+                assert echo["type"] == "location_update", echo
+                seen = json.loads(await asyncio.wait_for(watcher.read_message(), 5))
+                assert seen == echo  # the broadcast never waits for the database
+                accepted += 1
+                await asyncio.sleep(0.15)
+            return accepted, killed_at
+
+        accepted, killed_at = asyncio.run(drive())
+        # A CLI command now joins the restarted database instead of starting its own.
+        made = run_cli("create-user", "--email", "late@example.test", "--password", "password1", "--role",
+                       "client", env=env)
+        assert made.returncode == 0, made.stderr
+        deadline = killed_at + 10
+        while True:  # within 10 s of the kill the API answers again
+            status, _ = server.api("GET", f"/api/parcels/{parcel_id}/", client_token)
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        state = json.loads((tmp_path / "db-server.json").read_text())
+        assert state["pid"] != first_pid and _alive(state["pid"]) and not _alive(first_pid)
+
+        async def subscribe_again() -> None:
+            ws = await websocket_connect(base + client_token)
+            assert json.loads(await asyncio.wait_for(ws.read_message(), 5))["type"] == "subscribed"
+
+        asyncio.run(subscribe_again())
+        for _ in range(50):  # the queued samples land once the database is back
+            _, history = server.api("GET", f"/api/parcels/{parcel_id}/locations/", client_token)
+            if len(history["locations"]) == accepted:
+                break
+            time.sleep(0.2)
+        assert [p["lat"] for p in history["locations"]] == [28.0 + n / 1000 for n in range(1, accepted + 1)]
+    finally:
+        output = server.stop()
+    assert "restarting it" in output and "Traceback" not in output, output
