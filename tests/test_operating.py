@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from tornado.testing import bind_unused_port
 
 from app import make_app
 from models.embedded import EmbeddedDatabase
-from tests.conftest import World, body, location, recv, refused, settings
+from tests.conftest import ROOT, World, body, location, recv, refused, settings
 from tests.test_tracking_socket import expect_closed, expect_error, scene, send_location, subscribed
 
 
@@ -124,3 +125,15 @@ async def test_a_frozen_database_costs_the_broadcast_nothing_and_requests_a_503_
         assert "parcel_database_errors_total 3.0" in metrics  # the API call, the page, the socket
         driver.write_message(location(28.2, 77.0))
         assert (await recv(watcher))["location"]["lat"] == 28.2
+
+
+@pytest.mark.gen_test
+async def test_the_dashboard_plots_only_series_the_server_exposes(world):
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    await send_location(driver, 28.0, 77.0)  # so that every series has a sample
+    exposed = (await world.api("GET", "/metrics")).body.decode()
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
+              for name in re.findall(r"parcel_[a-z_]+", target["expr"])}
+    assert wanted and all(re.search(rf"^{name}[{{ ]", exposed, re.M) for name in wanted), wanted
