@@ -21,13 +21,16 @@ run: $(VENV)/.run-installed
 	$(PY) app.py serve --host $(HOST) --port $(PORT)
 
 # Debian's packages the tests use: chromium for the browser tests (Playwright cannot
-# download browsers here) and redis-server for the BROKER_URL tests. The tests start
-# their own servers; nothing here starts a service.
-APT_NEEDS := $(if $(shell command -v chromium),,chromium) $(if $(shell command -v redis-server),,redis-server)
+# download browsers here), redis-server for the BROKER_URL tests and nginx for
+# deploy/nginx.conf. The tests start their own servers; the service Debian starts when it
+# installs nginx is stopped again.
+APT_NEEDS := $(if $(shell command -v chromium),,chromium) $(if $(shell command -v redis-server),,redis-server) \
+	$(if $(shell command -v nginx || test -x /usr/sbin/nginx && echo yes),,nginx-light)
 system-packages:
 ifneq ($(strip $(APT_NEEDS)),)
 	@echo "installing with apt-get: $(APT_NEEDS)"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null
+	-service nginx stop >/dev/null 2>&1
 endif
 
 lint: $(VENV)/.dev-installed

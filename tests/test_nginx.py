@@ -1,0 +1,143 @@
+"""deploy/nginx.conf, for real: Debian's nginx with TLS in front of the real server
+(docs/protocol.md, "Operating it"). `make test` installs nginx like chromium.
+
+Through nginx: the API and `wss://` work; the app sees the client's scheme (its login
+cookie is `Secure`) and address (TRUSTED_PROXIES), the origin check passes for the page's
+own origin, and nginx's access log has no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.conftest import location
+from tests.process import ROOT, Server, app_env, free_port, run_cli
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+CLIENT_ADDRESS = "127.0.0.2"  # a client that is not the proxy (both are on loopback here)
+
+
+def certificate(folder: Path) -> tuple[Path, Path]:
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+                    "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return key, cert
+
+
+def start_nginx(folder: Path, app_port: int, port: int, key: Path, cert: Path) -> subprocess.Popen:
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    for old, new in (("127.0.0.1:8000", f"127.0.0.1:{app_port}"), ("listen 443 ssl", f"listen 127.0.0.1:{port} ssl"),
+                     ("/etc/ssl/certs/track.example.com.pem", str(cert)),
+                     ("/etc/ssl/private/track.example.com.key", str(key)),
+                     ("/var/log/nginx/tracking.log", str(folder / "tracking.log"))):
+        assert old in site, old  # the deployed file still has what this test replaces
+        site = site.replace(old, new)
+    (folder / "site.conf").write_text(site)
+    (folder / "nginx.conf").write_text(
+        f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+        f"events {{ worker_connections 256; }}\n"
+        f"http {{ access_log off; client_body_temp_path {folder}; proxy_temp_path {folder};\n"
+        f"  include {folder}/site.conf; }}\n")
+    process = subprocess.Popen([NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("nginx did not start")
+
+
+def test_wss_and_the_api_through_nginx_with_tls(tmp_path):
+    env = app_env(DATA_DIR=str(tmp_path / "data"), TRUSTED_PROXIES="127.0.0.1")
+    for email, role in (("c@example.test", "client"), ("d@example.test", "driver")):
+        assert run_cli("create-user", "--email", email, "--password", "password1", "--role", role,
+                       env=env).returncode == 0
+    parcel_id = run_cli("create-parcel", "--owner", "c@example.test", "--pickup", "28.6,77.2",
+                        "--destination", "28.5,77.1", env=env).stdout.strip()
+    assert run_cli("assign", parcel_id, "d@example.test", env=env).returncode == 0
+    key, cert = certificate(tmp_path)
+    server = Server(env, "--no-demo").start()
+    port = free_port()
+    nginx = start_nginx(tmp_path, server.port, port, key, cert)
+    tls = ssl.create_default_context(cafile=str(cert))
+    base = f"https://127.0.0.1:{port}"
+
+    async def through_nginx() -> dict:
+        client = AsyncHTTPClient()
+
+        async def call(path: str, **kwargs) -> object:
+            request = HTTPRequest(base + path, ssl_options=tls, network_interface=CLIENT_ADDRESS,
+                                  follow_redirects=False, **kwargs)
+            try:
+                return await client.fetch(request)
+            except HTTPClientError as e:
+                return e.response
+
+        tokens = {}
+        for who in ("c", "d"):
+            r = await call("/api/token/", method="POST", body=json.dumps({"email": f"{who}@example.test",
+                                                                        "password": "password1"}))
+            assert r.code == 200, r.body
+            tokens[who] = json.loads(r.body)["access"]
+        login_page = await call("/login")
+        xsrf = login_page.headers["Set-Cookie"].split("_xsrf=")[1].split(";")[0]
+        logged_in = await call("/login", method="POST", headers={"Cookie": f"_xsrf={xsrf}"},
+                               body=f"_xsrf={xsrf}&email=c@example.test&password=password1")
+        assert logged_in.code == 302
+        login_cookie = next(h for h in logged_in.headers.get_list("Set-Cookie") if h.startswith("user="))
+
+        ws = f"wss://127.0.0.1:{port}/ws/tracking/?parcel_id={parcel_id}&token="
+        origin = {"Origin": base}  # the page's own origin, as a browser sends it
+        sockets = []
+        for who in ("c", "d"):
+            sock = await websocket_connect(HTTPRequest(ws + tokens[who], ssl_options=tls, headers=origin,
+                                                       network_interface=CLIENT_ADDRESS))
+            assert json.loads(await asyncio.wait_for(sock.read_message(), 5))["type"] == "subscribed"
+            sockets.append(sock)
+        watcher, driver = sockets
+        driver.write_message(location(28.61, 77.21))
+        echo = json.loads(await asyncio.wait_for(driver.read_message(), 5))
+        assert json.loads(await asyncio.wait_for(watcher.read_message(), 5)) == echo
+        for sock in sockets:  # nginx logs a socket when it ends
+            sock.close()
+            assert await asyncio.wait_for(sock.read_message(), 5) is None
+        log = tmp_path / "tracking.log"
+        for _ in range(50):
+            if log.read_text().count("/ws/tracking/") >= 2:
+                break
+            await asyncio.sleep(0.1)
+        return {"cookie": login_cookie, "tokens": tokens}
+
+    try:
+        seen = asyncio.run(through_nginx())
+    finally:
+        nginx.send_signal(signal.SIGTERM)  # a fast shutdown: open sockets are simply closed
+        try:
+            nginx.wait(10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+            nginx.wait()
+        output = server.stop()
+    assert "Secure" in seen["cookie"]  # the app knew the client came over https
+    assert f"({CLIENT_ADDRESS})" in output and "/ws/tracking/" in output, output  # and from where
+    log = (tmp_path / "tracking.log").read_text()
+    assert "/ws/tracking/" in log and CLIENT_ADDRESS in log, log
+    for token in seen["tokens"].values():
+        assert token not in log and token[:20] not in log and token not in output
