@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,6 +131,10 @@ class EmbeddedDatabase:
     def _spawn(self, port: int | None = None) -> dict:
         port = port or _free_port()
         command = [
+            # It ends with the command that started it, even one killed with SIGKILL (SIGTERM,
+            # which makes it write its files out): no orphan outlives the data dir's users.
+            # A server that joined a database some command started restarts it (app.supervise).
+            *(["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []),
             sys.executable, "-m", "secantus",
             "--host", "127.0.0.1", "--port", str(port),
             "--storage-path", str(self.storage),

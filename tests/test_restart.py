@@ -150,3 +150,20 @@ def test_the_database_killed_under_a_live_drive_comes_back_with_every_sample(tmp
     finally:
         output = server.stop()
     assert "restarting it" in output and "Traceback" not in output, output
+
+
+def test_the_database_does_not_outlive_a_server_killed_with_sigkill(tmp_path):
+    env = app_env(DATA_DIR=str(tmp_path))
+    server = Server(env, "--no-demo").start()
+    database = json.loads((tmp_path / "db-server.json").read_text())["pid"]
+    server.process.kill()  # no chance to stop anything itself
+    server.process.wait()
+    deadline = time.monotonic() + 10
+    while _alive(database):
+        assert time.monotonic() < deadline, "the embedded database outlived its server"
+        time.sleep(0.1)
+    again = Server(env, "--no-demo").start()  # the next server on the data dir starts cleanly
+    try:
+        assert again.api("GET", "/healthz")[1]["database"] == "ok"
+    finally:
+        again.stop()
