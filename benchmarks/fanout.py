@@ -6,7 +6,8 @@ ratios within one run rather than the absolute numbers:
 
 1. fan-out: one driver, N watchers; time from a send until every watcher has it.
 2. memory: the server's resident memory per idle open socket.
-3. persistence: 50 drivers at 10 updates a second each, with every update written
+3. a subscriber that never reads: the others' fan-out latency with and without it.
+4. persistence: 50 drivers at 10 updates a second each, with every update written
    (LOCATION_SAMPLE_EVERY=1), every 5th (the default) and none: batching the writes
    should keep broadcast latency about the same in all three.
 """
@@ -14,7 +15,9 @@ ratios within one run rather than the absolute numbers:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -61,10 +64,19 @@ async def seed(uri: str, name: str, drivers: int, watchers: int) -> tuple[list[s
         await parcels.assign_driver(db, parcel["_id"], driver.id)
         driver_tokens.append(tokens.issue(driver, "access", 3600, SECRET))
         parcel_ids.append(parcel["_id"])
-    dispatcher = await users.create_user(db, email="x@bench.test", password_hash=password_hash, role="dispatcher")
-    watcher_tokens = [tokens.issue(dispatcher, "access", 3600, SECRET)] * watchers
+    # One user may hold at most 100 sockets (realtime/limits.py): watchers take turns among several.
+    watcher_tokens = []
+    for i in range(watchers):
+        dispatcher = await users.create_user(db, email=f"x{i}@bench.test", password_hash=password_hash,
+                                             role="dispatcher")
+        watcher_tokens.append(tokens.issue(dispatcher, "access", 3600, SECRET))
     await db.close()
     return driver_tokens, watcher_tokens, parcel_ids
+
+
+def turns(tokens_: list[str], count: int) -> list[str]:
+    """`count` tokens, the users taking turns."""
+    return [tokens_[i % len(tokens_)] for i in range(count)]
 
 
 async def open_socket(port: int, parcel_id: int, token: str):
@@ -82,16 +94,16 @@ async def receive(ws, lat: float) -> None:
             return
 
 
-async def fanout(port: int, driver_token: str, watcher_token: str, parcel_id: int, watchers: int,
-                 updates: int = 20) -> list[float]:
+async def fanout(port: int, driver_token: str, watcher_tokens: list[str], parcel_id: int, watchers: int,
+                 updates: int = 20, address: str = "") -> list[float]:
     """Latency from send until the last of `watchers` sockets has the update."""
-    sockets = [await open_socket(port, parcel_id, watcher_token) for _ in range(watchers)]
+    sockets = [await open_socket(port, parcel_id, token) for token in turns(watcher_tokens, watchers)]
     driver = await open_socket(port, parcel_id, driver_token)
     latencies = []
     for i in range(updates):
         lat = round(28.6 + i / 1000, 6)
         start = time.perf_counter()
-        driver.write_message(json.dumps({"type": "location_update", "lat": lat, "lng": 77.2}))
+        driver.write_message(json.dumps({"type": "location_update", "lat": lat, "lng": 77.2, "address": address}))
         await asyncio.gather(*(receive(ws, lat) for ws in sockets))
         latencies.append(time.perf_counter() - start)
         await receive(driver, lat)
@@ -99,6 +111,18 @@ async def fanout(port: int, driver_token: str, watcher_token: str, parcel_id: in
     for ws in [*sockets, driver]:
         ws.close()
     return latencies
+
+
+async def never_reads(port: int, parcel_id: int, token: str) -> asyncio.StreamWriter:
+    """A subscriber that completes its handshake and then reads nothing, ever."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws/tracking/?parcel_id={parcel_id}&token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.pause_reading()
+    return writer
 
 
 async def many_drivers(port: int, driver_tokens: list[str], watcher_token: str, parcel_ids: list[int],
@@ -140,7 +164,7 @@ def main() -> None:
     uri = embedded.start()
     try:
         name = f"bench_{uuid.uuid4().hex[:8]}"
-        driver_tokens, watcher_tokens, parcel_ids = asyncio.run(seed(uri, name, drivers=50, watchers=1))
+        driver_tokens, watcher_tokens, parcel_ids = asyncio.run(seed(uri, name, drivers=50, watchers=12))
         watcher = watcher_tokens[0]
 
         print("1. fan-out: one driver, N watchers (latency until the last watcher has it)")
@@ -148,7 +172,7 @@ def main() -> None:
         try:
             base = None
             for n in (10, 100, 500):
-                lat = asyncio.run(fanout(server.port, driver_tokens[0], watcher, parcel_ids[0], n))
+                lat = asyncio.run(fanout(server.port, driver_tokens[0], watcher_tokens, parcel_ids[0], n))
                 p50 = pct(lat, 0.5)
                 base = base or p50
                 print(f"   {n:4d} watchers: p50 {p50:7.2f} ms  p95 {pct(lat, 0.95):7.2f} ms  "
@@ -158,7 +182,8 @@ def main() -> None:
 
             async def hold(count: int) -> int:
                 before = rss_kib(server.process.pid)
-                sockets = [await open_socket(server.port, parcel_ids[1], watcher) for _ in range(count)]
+                sockets = [await open_socket(server.port, parcel_ids[1], token)
+                           for token in turns(watcher_tokens, count)]
                 await asyncio.sleep(0.5)
                 after = rss_kib(server.process.pid)
                 for ws in sockets:
@@ -167,10 +192,25 @@ def main() -> None:
 
             grown = asyncio.run(hold(1000))
             print(f"   1000 sockets: +{grown / 1024:.1f} MiB, {grown / 1000:.1f} KiB a socket")
+
+            print("3. a subscriber that never reads: the others' latency, 10 watchers, 60 updates of 250 bytes")
+
+            async def with_and_without() -> tuple[list[float], list[float]]:
+                address = "x" * 250
+                alone = await fanout(server.port, driver_tokens[2], watcher_tokens, parcel_ids[2], 10, 60, address)
+                stalled = await never_reads(server.port, parcel_ids[2], watcher_tokens[-1])
+                beside = await fanout(server.port, driver_tokens[2], watcher_tokens, parcel_ids[2], 10, 60, address)
+                stalled.close()
+                return alone, beside
+
+            alone, beside = asyncio.run(with_and_without())
+            print(f"   without it: p50 {pct(alone, 0.5):6.2f} ms  p95 {pct(alone, 0.95):6.2f} ms;  "
+                  f"with it: p50 {pct(beside, 0.5):6.2f} ms  p95 {pct(beside, 0.95):6.2f} ms  "
+                  f"({pct(beside, 0.5) / pct(alone, 0.5):.2f}x; it is closed with 1008 once 1 MiB waits for it)")
         finally:
             server.stop()
 
-        print("3. persistence: 50 drivers x 10 updates/s, broadcast latency by LOCATION_SAMPLE_EVERY")
+        print("4. persistence: 50 drivers x 10 updates/s, broadcast latency by LOCATION_SAMPLE_EVERY")
         results = {}
         for every in ("1", "5", "1000000"):
             server = serve(uri, name, every)
