@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 
 from tornado.websocket import websocket_connect
@@ -112,6 +113,10 @@ def test_the_database_killed_under_a_live_drive_comes_back_with_every_sample(tmp
                 if n == 10:
                     os.kill(first_pid, signal.SIGKILL)
                     killed_at = time.monotonic()
+                    # A command run while it is down waits for the server to bring it back.
+                    made = await asyncio.to_thread(run_cli, "create-user", "--email", "late@example.test",
+                                                   "--password", "password1", "--role", "client", env=env)
+                    assert made.returncode == 0, made.stderr
                 driver.write_message(location(28.0 + n / 1000, 77.0))
                 echo = json.loads(await asyncio.wait_for(driver.read_message(), 5))
                 assert echo["type"] == "location_update", echo
@@ -122,10 +127,6 @@ def test_the_database_killed_under_a_live_drive_comes_back_with_every_sample(tmp
             return accepted, killed_at
 
         accepted, killed_at = asyncio.run(drive())
-        # A CLI command now joins the restarted database instead of starting its own.
-        made = run_cli("create-user", "--email", "late@example.test", "--password", "password1", "--role",
-                       "client", env=env)
-        assert made.returncode == 0, made.stderr
         deadline = killed_at + 10
         while True:  # within 10 s of the kill the API answers again
             status, _ = server.api("GET", f"/api/parcels/{parcel_id}/", client_token)
@@ -135,6 +136,8 @@ def test_the_database_killed_under_a_live_drive_comes_back_with_every_sample(tmp
             time.sleep(0.2)
         state = json.loads((tmp_path / "db-server.json").read_text())
         assert state["pid"] != first_pid and _alive(state["pid"]) and not _alive(first_pid)
+        databases = subprocess.run(["pgrep", "-f", f"secantus.*{tmp_path}"], capture_output=True, text=True)
+        assert databases.stdout.split() == [str(state["pid"])]  # one database, the server's
 
         async def subscribe_again() -> None:
             ws = await websocket_connect(base + client_token)
@@ -167,3 +170,28 @@ def test_the_database_does_not_outlive_a_server_killed_with_sigkill(tmp_path):
         assert again.api("GET", "/healthz")[1]["database"] == "ok"
     finally:
         again.stop()
+
+
+def test_a_database_that_keeps_dying_stops_the_server_with_status_1(tmp_path):
+    """Three restarts a minute at most: the fourth death stops the server, which exits 1 so
+    that its own supervisor sees it."""
+    env = app_env(DATA_DIR=str(tmp_path))
+    server = Server(env, "--no-demo").start()
+    try:
+        for death in range(4):
+            pid = json.loads((tmp_path / "db-server.json").read_text())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while True:
+                if server.process.poll() is not None:
+                    break
+                state = EmbeddedDatabase(tmp_path)._read_state()  # None while it is being rewritten
+                if state and state["pid"] != pid and _alive(state["pid"]):
+                    break  # restarted
+                assert time.monotonic() < deadline, "neither restarted nor stopped"
+                time.sleep(0.1)
+            assert (server.process.poll() is None) == (death < 3), death
+        assert server.process.wait(15) == 1
+    finally:
+        output = server.stop()
+    assert "died 4 times within a minute" in output, output
