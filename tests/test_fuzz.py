@@ -65,9 +65,26 @@ bodies = st.one_of(
 )
 
 
-def no_tracebacks(caplog) -> None:
+def run(io_loop, caplog, strategy, one) -> None:
+    """Run `one` (a coroutine function) on 2,000 examples of `strategy`, then check the log
+    holds no error and no traceback."""
+
+    @FUZZ
+    @given(strategy)
+    def check(example: Any) -> None:
+        io_loop.run_sync(lambda: one(example))
+
+    caplog.set_level(logging.WARNING)
+    check()
     bad = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not bad, bad[:3]
+
+
+def clear(response: Any, context: Any) -> None:
+    """No 500; a refusal with its message."""
+    assert response.code < 500, (context, response.code)
+    if response.code >= 400:
+        assert isinstance(json.loads(response.body)["error"], str), context
 
 
 def test_socket_frames(io_loop, world, caplog, monkeypatch):
@@ -92,14 +109,7 @@ def test_socket_frames(io_loop, world, caplog, monkeypatch):
         assert echo["type"] == "location_update" and echo["location"]["lat"] == n % 90, echo
         assert await recv(watcher) == echo
 
-    @FUZZ
-    @given(frames)
-    def check(frame: str | bytes) -> None:
-        io_loop.run_sync(lambda: one(frame))
-
-    caplog.set_level(logging.WARNING)
-    check()
-    no_tracebacks(caplog)
+    run(io_loop, caplog, frames, one)
 
 
 async def fetch(world, path: str, user=None, method: str = "GET", raw: bytes | None = None) -> Any:
@@ -122,22 +132,12 @@ def test_query_strings(io_loop, world, caplog):
 
     async def one(query: str) -> None:
         for path in paths:
-            response = await fetch(world, f"{path}?{query}", s.dispatcher)
-            assert response.code < 500, (path, query, response.code)
-            if response.code >= 400:
-                assert isinstance(json.loads(response.body)["error"], str), (path, query)
+            clear(await fetch(world, f"{path}?{query}", s.dispatcher), (path, query))
         for path in pages:
             response = await world.page(f"{path}?{query}", owners.get(path, s.client))
             assert response.code < 500, (path, query, response.code)
 
-    @FUZZ
-    @given(queries)
-    def check(query: str) -> None:
-        io_loop.run_sync(lambda: one(query))
-
-    caplog.set_level(logging.WARNING)
-    check()
-    no_tracebacks(caplog)
+    run(io_loop, caplog, queries, one)
 
 
 def test_api_bodies(io_loop, world, caplog):
@@ -148,16 +148,6 @@ def test_api_bodies(io_loop, world, caplog):
 
     async def one(raw: bytes) -> None:
         for path, user in targets:
-            response = await fetch(world, path, user, "POST", raw)
-            assert response.code < 500, (path, raw, response.code)
-            if response.code >= 400:
-                assert isinstance(json.loads(response.body)["error"], str), (path, raw)
+            clear(await fetch(world, path, user, "POST", raw), (path, raw))
 
-    @FUZZ
-    @given(bodies)
-    def check(raw: bytes) -> None:
-        io_loop.run_sync(lambda: one(raw))
-
-    caplog.set_level(logging.WARNING)
-    check()
-    no_tracebacks(caplog)
+    run(io_loop, caplog, bodies, one)
