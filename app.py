@@ -48,6 +48,9 @@ from settings import Settings, SettingsError
 HERE = Path(__file__).resolve().parent
 SUPERVISE_EVERY = 1.0  # seconds between two looks at the embedded database
 RESTARTS_PER_MINUTE = 3
+# SIGTERM's budget: closing connections, then writing what is queued (Settings.shutdown_timeout),
+# within the 10 s a process manager gives.
+CLOSE_CONNECTIONS_WITHIN = 2.0
 log = logging.getLogger("parcel")
 
 
@@ -333,9 +336,9 @@ async def run_server(app: Application, args: argparse.Namespace, embedded: Embed
     server.stop()
     app.hub.close_all()
     try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=5)
+        await asyncio.wait_for(server.close_all_connections(), timeout=CLOSE_CONNECTIONS_WITHIN)
     except TimeoutError:
-        log.warning("some connections did not close within 5 s")
+        log.warning("some connections did not close within %s s", CLOSE_CONNECTIONS_WITHIN)
     if failed:
         watcher.result()  # the supervisor's EmbeddedDatabaseError (exit status 1), once stopped in order
 

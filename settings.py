@@ -50,7 +50,7 @@ class Settings:
     last_location_interval: float = 5.0  # seconds; a parcel's last_location is rewritten at most this often
     location_retention_days: int = 90
     retention_interval: float = 3600.0  # seconds between two passes deleting expired samples
-    shutdown_timeout: float = 8.0  # seconds SIGTERM may spend writing what is queued
+    shutdown_timeout: float = 7.0  # seconds SIGTERM may spend writing what is queued (see app.py)
     parcel_state_ttl: float = 5.0  # see realtime.hub.Hub
     ws_ping_interval: float = 25.0  # seconds; Tornado sends no pings unless this is set
     ws_ping_timeout: float = 20.0  # seconds without a pong before a socket is closed (≤ the interval)

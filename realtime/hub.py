@@ -64,7 +64,7 @@ class Hub:
     before it re-reads it, so that a change made by another process (the CLI) lands."""
 
     def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "",
-                 state_ttl: float = 5.0, shutdown_timeout: float = 8.0, metrics: Metrics | None = None) -> None:
+                 state_ttl: float = 5.0, shutdown_timeout: float = 7.0, metrics: Metrics | None = None) -> None:
         self.db = db
         self.metrics = metrics or Metrics()
         self.metrics.watch(self)
