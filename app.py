@@ -59,9 +59,7 @@ class Application(tornado.web.Application):
 
     def __init__(self, config: Settings, mongodb_uri: str) -> None:
         self.config = config
-        # The embedded server (no MONGODB_URI) gets no TTL index: see Database._retention_index.
-        self.db = Database(mongodb_uri, config.mongodb_db, config.location_retention_days,
-                           ttl_index=bool(config.mongodb_uri))
+        self.db = open_database(config, mongodb_uri)
         writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
                               parcel_interval=config.last_location_interval)
         self.hub = Hub(self.db, writer, config.location_sample_every, config.broker_url, config.parcel_state_ttl,
@@ -138,6 +136,12 @@ class Application(tornado.web.Application):
             log.warning("could not delete old location samples: %s", e)
 
 
+def open_database(config: Settings, uri: str) -> Database:
+    """The configured database, for the server and every command alike. The embedded server
+    (no MONGODB_URI) gets no TTL index: see Database._retention_index."""
+    return Database(uri, config.mongodb_db, config.location_retention_days, ttl_index=bool(config.mongodb_uri))
+
+
 def make_app(config: Settings, mongodb_uri: str | None = None) -> Application:
     """Build the app for `serve` and for every test alike (call `start()` inside its IOLoop)."""
     return Application(config.with_secret(), mongodb_uri or config.mongodb_uri)
@@ -184,7 +188,7 @@ async def database_uri(config: Settings) -> AsyncIterator[tuple[str, EmbeddedDat
 async def database(config: Settings) -> AsyncIterator[Database]:
     """The configured database, its indexes in place, for one command."""
     async with database_uri(config) as (uri, _):
-        db = Database(uri, config.mongodb_db, config.location_retention_days, ttl_index=bool(config.mongodb_uri))
+        db = open_database(config, uri)
         try:
             await db.ensure_indexes()
             yield db

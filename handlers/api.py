@@ -13,13 +13,13 @@ from models.access import (
     User,
     can_assign,
     can_create_parcels,
-    can_create_users,
+    can_manage_users,
     may_drive,
     may_own_parcels,
     may_set_status,
     names_owner,
 )
-from models.db import MAX_ID, iso
+from models.db import MAX_ID, iso, json_id
 
 
 class TokenHandler(ApiHandler):
@@ -93,7 +93,7 @@ class RoleHandler(ApiHandler):
     """POST /api/users/<id>/role/: a dispatcher changes someone's role; their sessions end."""
 
     async def post(self, user_id: str) -> None:
-        if not can_create_users(self.require_user()):
+        if not can_manage_users(self.require_user()):
             raise Refused(403, "only a dispatcher can change roles")
         role = self.json_body().get("role")
         if role not in ROLES:
@@ -109,7 +109,7 @@ class UsersHandler(ApiHandler):
     """POST /api/users/: a dispatcher creates an account."""
 
     async def post(self) -> None:
-        if not can_create_users(self.require_user()):
+        if not can_manage_users(self.require_user()):
             raise Refused(403, "only a dispatcher can create users")
         body = self.json_body()
         email, password, role, name = (body.get(k) for k in ("email", "password", "role", "name"))
@@ -169,10 +169,11 @@ class ParcelsHandler(ApiHandler):
             raise Refused(403, "only clients and dispatchers can create parcels")
         owner_id = user.id
         if names_owner(user):
-            owner_id = body.get("owner_id")
-            if isinstance(owner_id, bool) or not isinstance(owner_id, int):
+            named = body.get("owner_id")
+            if isinstance(named, bool) or not isinstance(named, int):
                 raise Refused(400, "owner_id (a client's id) is required")
-            if not may_own_parcels(await users.get_user(self.db, owner_id) if 0 < owner_id <= MAX_ID else None):
+            owner_id = json_id(named)
+            if not may_own_parcels(await users.get_user(self.db, owner_id) if owner_id else None):
                 raise Refused(400, "owner_id must be a client's id")
         try:
             pickup = geo.point(body.get("pickup"), "pickup")
@@ -206,9 +207,8 @@ class AssignHandler(ParcelHandlerBase):
         user, parcel = await self.visible_parcel(parcel_id)
         if not can_assign(user):
             raise Refused(403, "only a dispatcher can assign drivers")
-        driver_id = self.json_body().get("driver_id")
-        valid_id = isinstance(driver_id, int) and not isinstance(driver_id, bool) and 0 < driver_id <= MAX_ID
-        driver = await users.get_user(self.db, driver_id) if valid_id else None
+        driver_id = json_id(self.json_body().get("driver_id"))
+        driver = await users.get_user(self.db, driver_id) if driver_id else None
         if not may_drive(driver):
             raise Refused(400, "driver_id must be a driver's id")
         updated = await self.assign(parcel, driver)

@@ -90,7 +90,7 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     user: User | None = None
     parcel_id: int | None = None
     _counted: str | None = None  # the address this socket is counted under in `Limits`
-    kind = "tracking"
+    kind = "tracking"  # its label in /metrics
 
     @property
     def hub(self) -> Hub:
@@ -147,7 +147,7 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if self.parcel_id is None or self.ws_connection is None or self.ws_connection.is_closing():
             return  # rejected or revoked: frames the peer sent before it saw our close are dropped
-        self.hub.metrics.messages_in.labels(self.kind).inc()
+        self.hub.metrics.tracking_messages_in.inc()
         try:
             self._check_rate()
             location = protocol.parse_location(protocol.parse_message(message), self.parcel_id)

@@ -75,7 +75,8 @@ def can_assign(user: User) -> bool:
     return user.role == "dispatcher"
 
 
-def can_create_users(user: User) -> bool:
+def can_manage_users(user: User) -> bool:
+    """Dispatchers create accounts and change roles."""
     return user.role == "dispatcher"
 
 

@@ -24,6 +24,11 @@ def parse_id(text: str) -> int | None:
     return int(text) if re.fullmatch(ID, text) else None
 
 
+def json_id(value: object) -> int | None:
+    """The id a JSON body names, or None: a whole number (not a boolean) within int64."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID else None
+
+
 def next_window(size: float, found: int, wanted: int) -> float:
     """The size of the next window of a list walked window by window (parcels by id,
     samples by time): double it past an empty stretch; after a window that held `found`

@@ -19,16 +19,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import bson
+import pymongo
 from bson import ObjectId
 from bson.errors import InvalidDocument
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
-from models.db import Database, iso, next_window, utcnow
+from models.db import Database, iso, next_window, unreachable, utcnow
 
 log = logging.getLogger("parcel.locations")
 
 BATCH_SIZE = 200
+WRITE_DEADLINE = 5.0  # seconds one write may take before the database counts as unreachable
 MAX_HISTORY_PAGE = 10_000
 # How far a fix's time may lie from the server's (docs/protocol.md: offline batches up to 24 h old).
 EARLIEST_FIX = timedelta(hours=24)
@@ -273,14 +275,14 @@ class SampleWriter:
                if everything or now - self._parcel_written.get(pid, -math.inf) >= self.parcel_interval]
         if due:
             try:
-                await update_parcels(self.db, (self._held[pid] for pid in due))
-            except ConnectionFailure as e:
+                with pymongo.timeout(WRITE_DEADLINE):
+                    await update_parcels(self.db, (self._held[pid] for pid in due))
+            except PyMongoError as e:
                 self.errors += 1
-                log.warning("the database is unreachable; %d parcels' positions wait (%s)", len(due), str(e)[:120])
-                self._schedule(self.retry_interval)
-                return False
-            except PyMongoError:
-                self.errors += 1
+                if unreachable(e):
+                    log.warning("the database is unreachable; %d parcels' positions wait (%s)", len(due), str(e)[:120])
+                    self._schedule(self.retry_interval)
+                    return False
                 log.exception("could not write the last location of %d parcels", len(due))
             for pid in due:
                 del self._held[pid]
@@ -295,7 +297,10 @@ class SampleWriter:
     async def drain(self, within: float) -> bool:
         """Flush until nothing is queued or held, or `within` seconds pass (shutdown); True if all went."""
         deadline = time.monotonic() + within
-        while not await self.flush():
+        while True:
+            with pymongo.timeout(max(0.1, deadline - time.monotonic())):  # a frozen database too
+                if await self.flush():
+                    break
             if time.monotonic() + self.retry_interval > deadline:
                 log.error("%d location samples and %d parcels' positions could not be written before shutdown",
                           self.queued, self.parcels_pending)
@@ -306,16 +311,16 @@ class SampleWriter:
     async def _write(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """Write one batch to the history: the samples stored, or None when it should be tried again later."""
         try:
-            try:
-                stored = await store_history(self.db, batch)
-            except InvalidDocument:  # one sample cannot be encoded (a lone surrogate): write the others
-                stored = await store_history(self.db, self._encodable(batch))
-        except ConnectionFailure as e:
+            with pymongo.timeout(WRITE_DEADLINE):
+                try:
+                    stored = await store_history(self.db, batch)
+                except InvalidDocument:  # one sample cannot be encoded (a lone surrogate): write the others
+                    stored = await store_history(self.db, self._encodable(batch))
+        except PyMongoError as e:
             self.errors += 1
-            log.warning("the database is unreachable; %d samples wait (%s)", self.queued, str(e)[:120])
-            return None
-        except PyMongoError:
-            self.errors += 1
+            if unreachable(e):  # down or frozen: keep them for the next try
+                log.warning("the database is unreachable; %d samples wait (%s)", self.queued, str(e)[:120])
+                return None
             log.exception("could not write %d location samples", len(batch))
             return []
         self.written += len(stored)
