@@ -11,6 +11,10 @@
  *
  * States: "connecting", "live", "offline" (waiting to retry, or disconnected)
  * and "error" (stopped for a reason the person must see).
+ *
+ * The same class opens the driver's socket (`path: "/ws/driver/"`, no parcel), the
+ * dispatcher's board (`path: "/ws/dispatch/"`) and a share link's socket (`token`: the
+ * share token, used as it is; a 4401 then stops it, since no new one can be fetched).
  */
 
 const TOKEN_URL = "/api/token/ws/";
@@ -33,15 +37,22 @@ export function loginUrl() {
 export class TrackingSocket {
   /**
    * @param {object} options
-   * @param {number} options.parcelId
+   * @param {number} [options.parcelId] the parcel of a /ws/tracking/ socket
+   * @param {string} [options.path] "/ws/tracking/" (default), "/ws/driver/" or "/ws/dispatch/"
+   * @param {string} [options.token] a fixed token (a share link's); else one is fetched before every connect
+   * @param {(message: object) => void} [options.onMessage] every other message (geofence, board, parcels, subscribed)
    * @param {string} [options.wsUrl] PUBLIC_WS_URL ("" → this page's origin)
    * @param {(location: {lat:number,lng:number,address:string}, message: object) => void} [options.onLocation]
    * @param {(status: string, message: object) => void} [options.onStatus] also called with the status in "subscribed"
    * @param {(text: string) => void} [options.onError] the server's error messages and the reason for stopping
    * @param {(state: string, detail: string) => void} [options.onState]
    */
-  constructor({ parcelId, wsUrl = "", onLocation, onStatus, onError, onState }) {
+  constructor({ parcelId, path = "/ws/tracking/", token = "", wsUrl = "", onLocation, onStatus, onError, onState,
+    onMessage }) {
     this.parcelId = parcelId;
+    this.path = path;
+    this.fixedToken = token;
+    this.onMessage = onMessage || (() => {});
     this.base = socketBase(wsUrl);
     this.onLocation = onLocation || (() => {});
     this.onStatus = onStatus || (() => {});
@@ -80,11 +91,17 @@ export class TrackingSocket {
 
   /** Send a driver's position; false when the socket is not live. */
   sendLocationUpdate(lat, lng, extra = {}) {
-    if (this.state !== "live" || !this.ws) return false;
-    const message = { type: "location_update", lat, lng, parcel_id: this.parcelId };
+    const message = { type: "location_update", lat, lng };
+    if (this.parcelId !== undefined) message.parcel_id = this.parcelId;
     for (const key of ["address", "accuracy", "heading", "speed"]) {
       if (extra[key] !== undefined && extra[key] !== null && !Number.isNaN(extra[key])) message[key] = extra[key];
     }
+    return this.send(message);
+  }
+
+  /** Send any message (a location_batch, say); false when the socket is not live. */
+  send(message) {
+    if (this.state !== "live" || !this.ws) return false;
     this.ws.send(JSON.stringify(message));
     return true;
   }
@@ -109,7 +126,9 @@ export class TrackingSocket {
       return;
     }
     if (generation !== this.generation || !this.wanted) return;
-    const url = `${this.base}/ws/tracking/?parcel_id=${encodeURIComponent(this.parcelId)}&token=${encodeURIComponent(token)}`;
+    const query = new URLSearchParams({ token });
+    if (this.parcelId !== undefined) query.set("parcel_id", this.parcelId);
+    const url = `${this.base}${this.path}?${query}`;
     let ws;
     try {
       ws = new WebSocket(url);
@@ -124,6 +143,7 @@ export class TrackingSocket {
   }
 
   async _token() {
+    if (this.fixedToken) return this.fixedToken;
     const response = await fetch(TOKEN_URL, { credentials: "same-origin", cache: "no-store" });
     if (!response.ok) {
       const error = new Error(`token request failed: ${response.status}`);
@@ -145,7 +165,12 @@ export class TrackingSocket {
       this.attempt = 0;
       this.tokenRetries = 0;
       this._setState("live", "");
-      this.onStatus(message.status, message);
+      if (message.status) this.onStatus(message.status, message);
+      this.onMessage(message);
+    } else if (message.type === "board") {
+      this.attempt = 0;
+      this._setState("live", "");
+      this.onMessage(message);
     } else if (message.type === "location_update" && message.location) {
       this.onLocation(message.location, message);
     } else if (message.type === "status") {
@@ -153,6 +178,8 @@ export class TrackingSocket {
     } else if (message.type === "error") {
       this.lastError = String(message.message || "error");
       if (this.state === "live") this.onError(this.lastError);
+    } else {
+      this.onMessage(message);
     }
   }
 
@@ -162,6 +189,8 @@ export class TrackingSocket {
     if (!this.wanted) return;
     if (STOP_CODES.has(event.code)) {
       this._stop(this.lastError || event.reason || "the server refused this socket");
+    } else if (event.code === TOKEN_CODE && this.fixedToken) {
+      this._stop(this.lastError || "this link is no longer valid");
     } else if (event.code === TOKEN_CODE && this.tokenRetries < 1) {
       this.tokenRetries += 1;
       this._open(); // the token expired on the way: get a new one at once
