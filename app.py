@@ -33,7 +33,7 @@ from pymongo.errors import PyMongoError
 import settings as settings_module
 from auth import passwords
 from auth.throttle import LoginThrottle
-from handlers import api, ops, pages, tracking
+from handlers import api, fleet, ops, pages, tracking
 from handlers.base import ApiNotFound, StaticFiles
 from models import demo, geo, parcels, users
 from models.access import ROLES, may_drive, may_own_parcels
@@ -63,7 +63,7 @@ class Application(tornado.web.Application):
         writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
                               parcel_interval=config.last_location_interval)
         self.hub = Hub(self.db, writer, config.location_sample_every, config.broker_url, config.parcel_state_ttl,
-                       config.shutdown_timeout)
+                       config.shutdown_timeout, geofence_radius_m=config.geofence_radius_m)
         self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
         self.limits = Limits()
@@ -75,6 +75,8 @@ class Application(tornado.web.Application):
         parcel = user = f"({ID})"
         routes = [
             (r"/ws/tracking/?", tracking.TrackingSocket),
+            (r"/ws/driver/?", fleet.RouteSocket),
+            (r"/ws/dispatch/?", fleet.BoardSocket),
             (r"/healthz/?", ops.HealthHandler),
             (r"/metrics/?", ops.MetricsHandler),
             (r"/api/token/?", api.TokenHandler),
@@ -89,6 +91,7 @@ class Application(tornado.web.Application):
             (rf"/api/parcels/{parcel}/assign/?", api.AssignHandler),
             (rf"/api/parcels/{parcel}/status/?", api.StatusHandler),
             (rf"/api/parcels/{parcel}/locations/?", api.LocationsHandler),
+            (rf"/api/parcels/{parcel}/share/?", api.ShareHandler),
             (r"/api/.*", ApiNotFound),
             (r"/login", pages.LoginPage),
             (r"/logout", pages.LogoutHandler),
@@ -99,6 +102,8 @@ class Application(tornado.web.Application):
             (rf"/driver/parcels/{parcel}/?", pages.DriverParcelPage),
             (r"/dispatch/?", pages.DispatchPage),
             (rf"/dispatch/parcels/{parcel}/assign", pages.DispatchAssign),
+            (r"/t/([A-Za-z0-9_.\-]{1,2048})/locations/?", api.SharedLocationsHandler),
+            (r"/t/([A-Za-z0-9_.\-]{1,2048})/?", pages.SharePage),
             (r".*", pages.NotFoundPage),  # last: every other address gets the 404 page
         ]
         super().__init__(
@@ -111,7 +116,7 @@ class Application(tornado.web.Application):
             static_handler_class=StaticFiles,
             websocket_ping_interval=config.ws_ping_interval,
             websocket_ping_timeout=config.ws_ping_timeout,
-            websocket_max_message_size=settings_module.WEBSOCKET_MAX_MESSAGE_SIZE,
+            websocket_max_message_size=settings_module.WEBSOCKET_MAX_BATCH_SIZE,  # others: 4 KiB (handlers/tracking.py)
             log_function=log_request,
             debug=config.debug,
         )

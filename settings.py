@@ -16,6 +16,7 @@ from pathlib import Path
 DEFAULT_TILE_URL = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
 
 WEBSOCKET_MAX_MESSAGE_SIZE = 4 * 1024  # bytes; a larger frame closes with 1009
+WEBSOCKET_MAX_BATCH_SIZE = 64 * 1024  # bytes; the one exception: a location_batch frame
 MAX_API_BODY_SIZE = 64 * 1024  # bytes; a larger JSON body gets 413
 STREAMED_BODY_LIMIT = 16 * 1024 * 1024  # bytes of an API body read (and dropped) before the connection is cut
 
@@ -49,6 +50,8 @@ class Settings:
     sample_queue_max: int = 100_000
     last_location_interval: float = 5.0  # seconds; a parcel's last_location is rewritten at most this often
     location_retention_days: int = 90
+    share_link_ttl: int = 172_800  # seconds a share link lives (at most until an hour after the parcel finished)
+    geofence_radius_m: float = 150.0
     retention_interval: float = 3600.0  # seconds between two passes deleting expired samples
     shutdown_timeout: float = 7.0  # seconds SIGTERM may spend writing what is queued (see app.py)
     parcel_state_ttl: float = 5.0  # see realtime.hub.Hub
@@ -78,6 +81,8 @@ class Settings:
             bcrypt_rounds=_positive_int(env, "BCRYPT_ROUNDS", 12),
             sample_queue_max=_positive_int(env, "SAMPLE_QUEUE_MAX", 100_000),
             location_retention_days=_positive_int(env, "LOCATION_RETENTION_DAYS", 90),
+            share_link_ttl=_positive_int(env, "SHARE_LINK_TTL", 172_800),
+            geofence_radius_m=float(_positive_int(env, "GEOFENCE_RADIUS_M", 150)),
             debug=env.get("DEBUG", "") in ("1", "true", "yes"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -5,12 +5,13 @@
 | `access` | `POST /api/token/`, `/api/token/refresh/` | the API, the sockets | ACCESS_TOKEN_TTL |
 | `refresh` | `POST /api/token/` | `/api/token/refresh/` only | REFRESH_TOKEN_TTL |
 | `socket` | `GET /api/token/ws/` (a page's login cookie) | the sockets only | 60 s |
-| `share` | `POST /api/parcels/<id>/share/` | the tracking socket of its one parcel | SHARE_LINK_TTL |
+| `share` | `POST /api/parcels/<id>/share/` | `/t/<token>` and the tracking socket of its one parcel | SHARE_LINK_TTL |
 
 The algorithm is pinned on decode, so `alg: none` or another algorithm is refused;
 `exp` is required. A user's token carries `ver`, the user's session version: logging
 out, a new password or a new role moves the version on, and every token issued
-before stops working (docs/security.md).
+before stops working (docs/security.md). A share token names no user: `pid` is its parcel and
+`sv` the parcel's share version when it was made (models/shares.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class Claimed:
         return user is not None and user.role == self.role and user.session == self.version
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What a valid share token names: one parcel, at one share version."""
+
+    parcel_id: int
+    version: int
+
+
 def issue(user: User, token_type: str, ttl: int, secret: str) -> str:
     if token_type not in USER_TYPES:
         raise ValueError(f"not a user token type: {token_type!r}")
@@ -66,6 +75,32 @@ def verify(token: str | None, accepted: str | Collection[str], secret: str) -> C
     if claims.get("role") not in ROLES or isinstance(version, bool) or not isinstance(version, int):
         raise TokenError("the token is not valid")
     return Claimed(int(sub), claims["role"], version, claims["type"])
+
+
+def issue_share(parcel_id: int, version: int, expires_at: int, secret: str) -> str:
+    """A share link's token for one parcel, valid until `expires_at` (seconds since the epoch)."""
+    return _encode({"sub": f"parcel:{parcel_id}", "pid": parcel_id, "sv": version, "type": "share"},
+                   expires_at - int(time.time()), secret)
+
+
+def is_share(token: str) -> bool:
+    """Does this token say it is a share token? (Unverified: `verify_share` checks it.)"""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("type") == "share"
+    except jwt.InvalidTokenError:
+        return False
+
+
+def verify_share(token: str | None, secret: str) -> Shared:
+    """The parcel a valid share token names (whether its links were revoked since is for the caller)."""
+    claims = _decode(token, secret)
+    parcel_id, version = claims.get("pid"), claims.get("sv")
+    if claims.get("type") != "share":
+        raise TokenError("this is not a share token")
+    for value in (parcel_id, version):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+            raise TokenError("the token is not valid")
+    return Shared(parcel_id, version)
 
 
 def _encode(claims: dict, ttl: int, secret: str) -> str:

@@ -7,19 +7,20 @@ from typing import Any
 
 from auth import passwords, tokens
 from handlers.base import LOGIN_COOKIE, ApiHandler, Refused
-from models import geo, locations, parcels, users
+from models import geo, locations, parcels, shares, users
 from models.access import (
     ROLES,
     User,
     can_assign,
     can_create_parcels,
     can_manage_users,
+    can_share,
     may_drive,
     may_own_parcels,
     may_set_status,
     names_owner,
 )
-from models.db import MAX_ID, iso, json_id
+from models.db import MAX_ID, iso, json_id, utcnow
 
 
 class TokenHandler(ApiHandler):
@@ -233,9 +234,41 @@ class StatusHandler(ParcelHandlerBase):
         self.send(parcels.public(updated))
 
 
+class ShareHandler(ParcelHandlerBase):
+    """POST /api/parcels/<id>/share/ makes a share link; DELETE revokes every link of the parcel."""
+
+    async def shareable(self, parcel_id: str) -> dict[str, Any]:
+        user, parcel = await self.visible_parcel(parcel_id)
+        if not can_share(user, parcel):
+            raise Refused(403, "only the parcel's owner or a dispatcher can share it")
+        return parcel
+
+    async def post(self, parcel_id: str) -> None:
+        parcel = await self.shareable(parcel_id)
+        expires = shares.expiry(parcel, utcnow(), self.config.share_link_ttl)
+        if expires is None:
+            raise Refused(409, "this parcel finished more than an hour ago; it can no longer be shared")
+        until = int(expires.timestamp())
+        token = tokens.issue_share(parcel["_id"], shares.version(parcel), until, self.config.secret_key)
+        self.send({"url": f"{self.request.protocol}://{self.request.host}/t/{token}", "token": token,
+                   "expires_at": iso(datetime.fromtimestamp(until, UTC))}, status=201)
+
+    async def delete(self, parcel_id: str) -> None:
+        parcel = await self.shareable(parcel_id)
+        await shares.revoke(self.db, parcel["_id"])
+        self.hub.links_revoked(parcel["_id"])
+        self.set_status(204)
+        self.finish()
+
+
 class LocationsHandler(ParcelHandlerBase):
+    """A parcel's sampled history, a page at a time (docs/protocol.md, "Lists that page")."""
+
     async def get(self, parcel_id: str) -> None:
         _, parcel = await self.visible_parcel(parcel_id)
+        await self.send_history(parcel)
+
+    async def send_history(self, parcel: dict[str, Any]) -> None:
         limit = self.int_argument("limit", 1000, 1, locations.MAX_HISTORY_PAGE)
         page = await locations.history(self.db, parcel, since=self.since(), limit=limit)
         if page.next_since is not None:
@@ -251,3 +284,10 @@ class LocationsHandler(ParcelHandlerBase):
         except ValueError:
             raise Refused(400, "since must be an ISO 8601 timestamp, like 2026-01-08T10:15:30.123Z") from None
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class SharedLocationsHandler(LocationsHandler):
+    """`/t/<token>/locations`: the history for a share link's page, the link its only credential."""
+
+    async def get(self, token: str) -> None:
+        await self.send_history(await self.shared_parcel(token))

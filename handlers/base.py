@@ -19,9 +19,9 @@ import tornado.web
 from tornado.httputil import HTTPServerRequest
 
 from auth import login, tokens
-from models import parcels, users
+from models import parcels, shares, users
 from models.access import User, can_view
-from models.db import Database, parse_id, unreachable
+from models.db import Database, parse_id, unreachable, utcnow
 from realtime.hub import Hub
 from settings import MAX_API_BODY_SIZE, STREAMED_BODY_LIMIT, Settings
 
@@ -131,6 +131,17 @@ class BaseHandler(tornado.web.RequestHandler):
         parcel = await parcels.get_parcel(self.db, int(parcel_id))
         if parcel is None or self.current_user is None or not can_view(self.current_user, parcel):
             return None
+        return parcel
+
+    async def shared_parcel(self, token: str) -> dict[str, Any]:
+        """The parcel a share link still shows; `Refused` 404 for an expired, revoked or forged one."""
+        try:
+            shared = tokens.verify_share(token, self.config.secret_key)
+        except tokens.TokenError:
+            shared = None
+        parcel = shared and await shares.resolve(self.db, shared, utcnow())
+        if parcel is None:
+            raise Refused(404, shares.GONE)
         return parcel
 
     async def assign(self, parcel: dict[str, Any], driver: User) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from urllib.parse import urlencode, urlsplit
 
 from handlers.base import LOGIN_COOKIE, BaseHandler, Refused, retry_after
 from models import parcels, users
-from models.access import User, may_drive
-from models.db import MAX_ID, parse_id
+from models.access import User, can_share, may_drive
+from models.db import MAX_ID, iso, parse_id
+from models.locations import MAX_HISTORY_PAGE
+from realtime.protocol import MAX_BATCH
 from settings import Settings
 
 HOME_BY_ROLE = {"client": "/parcels", "driver": "/driver", "dispatcher": "/dispatch"}
@@ -42,7 +44,11 @@ DRIVER_TEXTS = {
     "help_off": f"Turn tracking on to share your position with the customer every {DRIVER_SEND_EVERY} seconds.",
     "finished": "This parcel is {status}: there is nothing left to track.",
 }
+WEAK_GPS = "Weak GPS: your position is not precise right now, so the map does not move to it."
+BOARD_STALE_AFTER = 60  # seconds without a report before the board highlights a truck
+LAST_SEEN_AFTER = 30  # seconds without a fix before a map fades the truck and says when it was last seen
 PAGE_SIZE = 50
+CLIENT_MAP_PARCELS = 100  # active parcels a client's map shows at once
 RECENT_FINISHED = 20  # finished parcels the driver's page lists
 # The dispatch page's status filter: value → (label, the statuses it shows: None for all of them).
 DISPATCH_FILTER_LABELS: dict[str, tuple[str, tuple[str, ...] | None]] = {
@@ -112,11 +118,15 @@ def content_security_policy(config: Settings, host: str) -> str:
     ])
 
 
-def page_rules(**more: Any) -> str:
+def page_rules(config: Settings | None = None, **more: Any) -> str:
     """What the live pages' scripts need to know of the server's rules, as JSON for a
     `data-rules` attribute: the scripts keep no copy of their own."""
-    return json.dumps({"labels": STATUS_LABELS, "finished": sorted(parcels.FINISHED),
-                       "en_route": list(parcels.EN_ROUTE), **more})
+    rules = {"labels": STATUS_LABELS, "finished": sorted(parcels.FINISHED), "en_route": list(parcels.EN_ROUTE),
+             "status_order": list(parcels.STATUSES), "last_seen_after_s": LAST_SEEN_AFTER,
+             "history_page": MAX_HISTORY_PAGE, **more}
+    if config is not None:
+        rules["geofence_radius_m"] = config.geofence_radius_m
+    return json.dumps(rules)
 
 
 def place_text(point: dict[str, Any] | None) -> str:
@@ -142,7 +152,47 @@ def parcel_view(parcel: dict[str, Any], names: dict[int, str] | None = None) -> 
         "driver": names.get(driver_id, f"driver #{driver_id}") if driver_id is not None else "",
         "finished": parcel["status"] in parcels.FINISHED,
         "track_url": f"/parcels/{parcel['_id']}/track",
+        "timeline": timeline_view(parcel),
     }
+
+
+def timeline_view(parcel: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every status the parcel passed, oldest first, with its label and time."""
+    return [{"status": step["status"], "label": STATUS_LABELS.get(step["status"], step["status"]),
+             "timestamp": iso(step["timestamp"])} for step in parcel.get("timeline", ())]
+
+
+def share_view(parcel: dict[str, Any], driver_name: str) -> dict[str, Any]:
+    """What a share link shows of a parcel: no e-mail address, no user id (docs/protocol.md, "Share links")."""
+    return {
+        "id": parcel["_id"],
+        "status": parcel["status"],
+        "status_label": STATUS_LABELS.get(parcel["status"], parcel["status"]),
+        "pickup": place_text(parcel["pickup"]),
+        "destination": place_text(parcel["destination"]),
+        "driver": driver_name or "Your driver",
+        "finished": parcel["status"] in parcels.FINISHED,
+        "timeline": timeline_view(parcel),
+    }
+
+
+def map_parcel(parcel: dict[str, Any], private: bool = True) -> dict[str, Any]:
+    """A parcel as a live map's script reads it (`private=False`: without user ids, for a share link)."""
+    public = parcels.public(parcel)
+    for end in ("pickup", "destination"):  # copies: the parcel's own dicts stay as stored
+        public[end] = {**public[end], "label": place_text(parcel[end])}
+    if not private:
+        del public["owner_id"], public["driver_id"]
+    return public
+
+
+def driver_steps(parcel: dict[str, Any]) -> list[dict[str, Any]]:
+    """The driver's buttons for a parcel: each next status, and whether it can be taken now."""
+    return [
+        {"status": status, "label": label, "from": " ".join(sorted(parcels.TRANSITIONS[status])),
+         "enabled": parcel["status"] in parcels.TRANSITIONS[status]}
+        for status, label in DRIVER_STEPS
+    ]
 
 
 def page_url(path: str, **arguments: Any) -> str:
@@ -201,6 +251,11 @@ class PageHandler(BaseHandler):
             path=self.request.path,
             **context,
         )
+
+    def map_context(self) -> dict[str, Any]:
+        """What every page with a live map needs: where its socket and its tiles are."""
+        return {"ws_url": self.config.public_ws_url, "tile_url": self.config.tile_url,
+                "blank_tile": self.static_url("img/tile.svg")}
 
     async def visible_parcel(self, parcel_id: str) -> dict[str, Any]:
         """The parcel if this person may see it; one 404 for missing and not-yours alike."""
@@ -275,9 +330,14 @@ class ClientParcelsPage(PageHandler):
         page = await parcels.list_visible(self.db, self.current_user, limit=PAGE_SIZE, before=before)
         drivers = await users.get_users(self.db, (p.get("driver_id") for p in page.parcels))
         names = {i: u.name for i, u in drivers.items()}
+        # The map shows every active parcel, whichever page of the list is open.
+        active = await parcels.list_visible(self.db, self.current_user, limit=CLIENT_MAP_PARCELS,
+                                            statuses=parcels.ACTIVE)
         self.page("parcels.html", parcels=[parcel_view(p, names) for p in page.parcels],
                   older=page.next_before and page_url(self.request.path, before=page.next_before),
-                  first=bool(before))
+                  first=bool(before),
+                  active_json=json.dumps([map_parcel(p) for p in active.parcels]),
+                  rules_json=page_rules(self.config), **self.map_context())
 
 
 class TrackPage(PageHandler):
@@ -286,17 +346,33 @@ class TrackPage(PageHandler):
     async def get(self, parcel_id: str) -> None:
         parcel = await self.visible_parcel(parcel_id)
         driver = await users.get_user(self.db, parcel["driver_id"]) if parcel.get("driver_id") else None
-        public = parcels.public(parcel)
-        for end in ("pickup", "destination"):  # copies: the parcel's own dicts stay as stored
-            public[end] = {**public[end], "label": place_text(parcel[end])}
         self.page(
             "track.html",
             parcel=parcel_view(parcel, {driver.id: driver.name} if driver else None),
-            parcel_json=json.dumps(public),
-            rules_json=page_rules(),
-            ws_url=self.config.public_ws_url,
-            tile_url=self.config.tile_url,
-            blank_tile=self.static_url("img/tile.svg"),
+            parcel_json=json.dumps(map_parcel(parcel)),
+            rules_json=page_rules(self.config),
+            history_url=f"/api/parcels/{parcel['_id']}/locations/",
+            share_api=f"/api/parcels/{parcel['_id']}/share/" if can_share(self.current_user, parcel) else "",
+            **self.map_context(),
+        )
+
+
+class SharePage(PageHandler):
+    """`/t/<token>`: a share link's read-only live map, no login (docs/protocol.md, "Share links")."""
+
+    login_required = False
+
+    async def get(self, token: str) -> None:
+        parcel = await self.shared_parcel(token)
+        driver = await users.get_user(self.db, parcel["driver_id"]) if parcel.get("driver_id") else None
+        self.page(
+            "share.html",
+            parcel=share_view(parcel, driver.name if driver else ""),
+            parcel_json=json.dumps(map_parcel(parcel, private=False)),
+            rules_json=page_rules(self.config),
+            share_token=token,
+            history_url=f"/t/{token}/locations",
+            **self.map_context(),
         )
 
 
@@ -309,8 +385,11 @@ class DriverParcelsPage(PageHandler):
         active = await parcels.active_for_driver(self.db, self.current_user.id)
         finished = await parcels.find_page(self.db, {"driver_id": self.current_user.id}, limit=RECENT_FINISHED,
                                            statuses=sorted(parcels.FINISHED))
-        self.page("driver.html", active=[parcel_view(p) for p in active],
-                  finished=[parcel_view(p) for p in finished.parcels])
+        self.page("driver.html", active=[{**parcel_view(p), "steps": driver_steps(p)} for p in active],
+                  finished=[parcel_view(p) for p in finished.parcels],
+                  rules_json=page_rules(self.config, texts=DRIVER_TEXTS, send_every_s=DRIVER_SEND_EVERY,
+                                        weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH),
+                  ws_url=self.config.public_ws_url)
 
 
 class DriverParcelPage(PageHandler):
@@ -320,11 +399,7 @@ class DriverParcelPage(PageHandler):
 
     async def get(self, parcel_id: str) -> None:
         parcel = await self.visible_parcel(parcel_id)
-        steps = [
-            {"status": status, "label": label, "from": " ".join(sorted(parcels.TRANSITIONS[status])),
-             "enabled": parcel["status"] in parcels.TRANSITIONS[status]}
-            for status, label in DRIVER_STEPS
-        ]
+        steps = driver_steps(parcel)
         view = parcel_view(parcel)
         finished = DRIVER_TEXTS["finished"].format(status=view["status_label"].lower())
         self.page(
@@ -332,7 +407,8 @@ class DriverParcelPage(PageHandler):
             parcel=view,
             steps=steps,
             help_text=finished if view["finished"] else DRIVER_TEXTS["help_off"],
-            rules_json=page_rules(texts=DRIVER_TEXTS, send_every_s=DRIVER_SEND_EVERY),
+            rules_json=page_rules(self.config, texts=DRIVER_TEXTS, send_every_s=DRIVER_SEND_EVERY,
+                                  weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH),
             ws_url=self.config.public_ws_url,
         )
 
@@ -378,6 +454,9 @@ class DispatchPage(PageHandler):
             later=later and page_url(self.request.path, status=shown, q=search, **later),
             first=page_url(self.request.path, status=shown, q=search) if before or later_part else None,
             notice=await self.assigned_notice(),
+            rules_json=page_rules(self.config, stale_after_s=BOARD_STALE_AFTER),
+            driver_names_json=json.dumps({str(u.id): u.name or u.email for u in drivers}),
+            **self.map_context(),
         )
 
     async def search_scope(self, search: str) -> tuple[dict[str, Any] | None, str]:

@@ -1,14 +1,16 @@
-"""The tracking WebSocket (docs/protocol.md, "The tracking socket").
-
-Authenticate, authorise, validate, and hand to the hub.
+"""The tracking WebSocket (docs/protocol.md, "The tracking socket"), and what every
+socket of the product shares (`Socket`): authenticate, authorise, validate, and hand to
+the hub.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import pymongo
@@ -18,11 +20,12 @@ from tornado.iostream import StreamClosedError
 
 from auth import tokens
 from handlers.base import apply_forwarded
-from models import parcels, users
-from models.access import User, can_send_location, can_view
-from models.db import parse_id, unreachable
+from models import parcels, shares, users
+from models.access import User, can_send_location, can_view, link_viewer
+from models.db import parse_id, unreachable, utcnow
 from realtime import protocol
-from realtime.hub import Hub
+from realtime.hub import Hub, ParcelState
+from settings import WEBSOCKET_MAX_MESSAGE_SIZE as MAX_FRAME
 
 log = logging.getLogger("parcel.tracking")
 
@@ -86,11 +89,14 @@ class StrictProtocol(tornado.websocket.WebSocketProtocol13):
         return self._run_callback(self.handler.on_message, text)
 
 
-class TrackingSocket(tornado.websocket.WebSocketHandler):
+class Socket(tornado.websocket.WebSocketHandler):
+    """What every socket of the product shares: origin and frame rules, authentication,
+    rate and socket limits, and the hub's side of a subscriber (`send_text`, `revoke`)."""
+
     user: User | None = None
-    parcel_id: int | None = None
     _counted: str | None = None  # the address this socket is counted under in `Limits`
-    kind = "tracking"  # its label in /metrics
+    kind = "tracking"  # its label in /metrics and in the hub
+    roles: tuple[str, ...] = ()  # who may open it (empty: anyone the parcel's rules allow)
 
     @property
     def hub(self) -> Hub:
@@ -107,61 +113,70 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
         protocol = super().get_websocket_protocol()
         return None if protocol is None else StrictProtocol(self, False, protocol.params)
 
-    async def open(self) -> None:
+    def prepare(self) -> None:
         self._recent: deque[float] = deque()
-        config = self.application.config
-        apply_forwarded(self.request, config.trusted_proxies)
-        raw_id = self._argument("parcel_id")
-        if not re.fullmatch(r"-?[0-9]+", raw_id):
-            return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
+        apply_forwarded(self.request, self.application.config.trusted_proxies)
+
+    async def read(self, *reads: Awaitable[Any]) -> list[Any] | None:
+        """The results of database reads, or None once the socket has been closed with 1013
+        because the database did not answer within its deadline."""
         try:
-            claimed = tokens.verify(self._argument("token"), tokens.SOCKET_TYPES, config.secret_key)
-        except tokens.TokenError as e:
-            return self._reject(CLOSE_UNAUTHENTICATED, str(e))
-        parcel_id = parse_id(raw_id)  # any other integer names no parcel
-        try:
-            with pymongo.timeout(config.database_deadline):
-                user = await users.get_user(self.application.db, claimed.id)
-                parcel = None if parcel_id is None else await parcels.get_parcel(self.application.db, parcel_id)
+            with pymongo.timeout(self.application.config.database_deadline):
+                return [await read for read in reads]
         except PyMongoError as e:
+            for read in reads:
+                if inspect.iscoroutine(read):
+                    read.close()  # those never awaited
             if not unreachable(e):
                 raise
-            self.application.hub.metrics.database_errors.inc()
-            return self._reject(CLOSE_TRY_LATER, "the database is unavailable; try again in a moment")
-        if not claimed.matches(user):  # deleted, demoted, logged out, or a new password since
+            self.hub.metrics.database_errors.inc()
+            self._reject(CLOSE_TRY_LATER, "the database is unavailable; try again in a moment")
+            return None
+
+    async def authenticate(self) -> User | None:
+        """The user a token of theirs names, still in the same session and of this socket's
+        roles; None once the socket has been closed for it (4401, 4403 or 1013)."""
+        try:
+            claimed = tokens.verify(self._argument("token"), tokens.SOCKET_TYPES, self.application.config.secret_key)
+        except tokens.TokenError as e:
+            return self._reject(CLOSE_UNAUTHENTICATED, str(e))
+        found = await self.read(users.get_user(self.application.db, claimed.id))
+        if found is None:
+            return None
+        if not claimed.matches(found[0]):  # deleted, demoted, logged out, or a new password since
             return self._reject(CLOSE_UNAUTHENTICATED, "the token is no longer valid; log in again")
-        if parcel is None or not can_view(user, parcel):
-            return self._reject(CLOSE_FORBIDDEN, NOT_ALLOWED)
+        if self.roles and found[0].role not in self.roles:
+            return self._reject(CLOSE_FORBIDDEN, f"this socket is for {' and '.join(r + 's' for r in self.roles)}")
+        return found[0]
+
+    def count_in(self, user: User) -> bool:
+        """Count the socket under its user's and address's limits; False once refused (4429)."""
         if self.ws_connection is None or self.ws_connection.is_closing():
-            return  # the peer left while we looked the parcel up
+            return False  # the peer left while we looked things up
         address = self.request.remote_ip or ""
         if refused := self.application.limits.open(user.id, address):
-            return self._reject(CLOSE_TOO_MANY, refused)
-        self._counted = address
-        self.user, self.parcel_id = user, parcel_id
-        snapshot = self.hub.subscribe(self, parcel)
-        self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"]))
-        if snapshot:
-            self.send_text(snapshot)
+            self._reject(CLOSE_TOO_MANY, refused)
+            return False
+        self._counted, self.user = address, user
+        return True
 
     def on_message(self, message: str | bytes) -> None:
-        if self.parcel_id is None or self.ws_connection is None or self.ws_connection.is_closing():
+        if self.user is None or self.ws_connection is None or self.ws_connection.is_closing():
             return  # rejected or revoked: frames the peer sent before it saw our close are dropped
-        self.hub.metrics.tracking_messages_in.inc()
+        self.hub.metrics.messages_by_kind[self.kind].inc()
         try:
+            parsed = protocol.parse_message(message)
+            size = len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
+            if size > MAX_FRAME and parsed["type"] != "location_batch":
+                return self.close(1009, "message too big")
             self._check_rate()
-            location = protocol.parse_location(protocol.parse_message(message), self.parcel_id)
-            self._authorise_location()
+            self.receive(parsed)
         except protocol.ProtocolError as e:
-            return self.send_text(protocol.error(str(e)))
-        self.hub.publish_location(self.parcel_id, self.user.id, location)
+            self.send_text(protocol.error(str(e)))
 
-    def _authorise_location(self) -> None:
-        state = self.hub.parcel_state(self.parcel_id)
-        if not can_send_location(self.user, state.driver_id):
-            raise protocol.ProtocolError("only the parcel's assigned driver can send its location")
-        if state.finished:
-            raise protocol.ProtocolError(f"the parcel is {state.status}; its location is no longer tracked")
+    def receive(self, message: dict[str, Any]) -> None:
+        """A parsed message of a known type, within the rate limits (ProtocolError: refused)."""
+        raise protocol.ProtocolError("this socket only receives")
 
     def _check_rate(self) -> None:
         now = time.monotonic()
@@ -177,11 +192,12 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
         if self._counted is not None:
             self.application.limits.close(self.user.id, self._counted)
             self._counted = None
-        if self.parcel_id is None:
-            return
-        self.hub.unsubscribe(self, self.parcel_id)
-        if self.user.role == "driver":
-            self.hub.driver_left(self.parcel_id, self.user.id)
+        if self.user is not None:
+            self.left()
+
+    def left(self) -> None:
+        """The socket closed: leave the hub."""
+        self.hub.unsubscribe(self)
 
     def _argument(self, name: str) -> str:
         """A query argument ("" when absent); bytes that are not UTF-8 become U+FFFD and so fail validation."""
@@ -201,8 +217,8 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
             if not self.ws_connection.is_closing():
                 log.info("closing a socket that stopped reading (%d bytes waiting)", _unsent(self.ws_connection))
                 self.close(CLOSE_TOO_SLOW, "you are not reading your messages")
-                if self.parcel_id is not None:  # no more fan-out to it while its close is pending
-                    self.hub.unsubscribe(self, self.parcel_id)
+                if self.user is not None:  # no more fan-out to it while its close is pending
+                    self.left()
             return
         try:
             future = self.write_message(text)
@@ -216,6 +232,84 @@ class TrackingSocket(tornado.websocket.WebSocketHandler):
     def _reject(self, code: int, message: str) -> None:
         self.send_text(protocol.error(message))
         self.close(code, message[:120])
+
+
+class TrackingSocket(Socket):
+    """One parcel's socket: its driver sends, its owner, dispatchers and share-link viewers watch."""
+
+    parcel_id: int | None = None
+
+    async def open(self) -> None:
+        raw_id = self._argument("parcel_id")
+        if not re.fullmatch(r"-?[0-9]+", raw_id):
+            return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
+        parcel_id = parse_id(raw_id)  # any other integer names no parcel
+        token = self._argument("token")
+        if tokens.is_share(token):
+            user, parcel = await self.link(token, parcel_id)
+        else:
+            user = await self.authenticate()
+            found = user and parcel_id and await self.read(parcels.get_parcel(self.application.db, parcel_id))
+            parcel = found[0] if found else None
+        if user is None or self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        if parcel is None or not can_view(user, parcel):
+            return self._reject(CLOSE_FORBIDDEN, NOT_ALLOWED)
+        if not self.count_in(user):
+            return
+        self.parcel_id = parcel_id
+        snapshot = self.hub.subscribe(self, parcel)
+        self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"]))
+        if snapshot:
+            self.send_text(snapshot)
+
+    async def link(self, token: str, parcel_id: int | None) -> tuple[User | None, dict[str, Any] | None]:
+        """A share link's viewer and its parcel; (None, None) once the socket has been closed for it."""
+        try:
+            shared = tokens.verify_share(token, self.application.config.secret_key)
+        except tokens.TokenError as e:
+            return self._reject(CLOSE_UNAUTHENTICATED, str(e)), None
+        if shared.parcel_id != parcel_id:
+            return link_viewer(shared.parcel_id), None
+        found = await self.read(parcels.get_parcel(self.application.db, parcel_id))
+        if found is None:
+            return None, None
+        parcel = found[0]
+        if not shares.still_valid(parcel, shared.version, utcnow()):
+            return self._reject(CLOSE_UNAUTHENTICATED, shares.GONE), None
+        if parcel["status"] in parcels.FINISHED:
+            return self._reject(CLOSE_UNAUTHENTICATED, shares.NOT_LIVE.format(status=parcel["status"])), None
+        return link_viewer(parcel_id), parcel
+
+    def receive(self, message: dict[str, Any]) -> None:
+        state = self.hub.parcel_state(self.parcel_id)
+        if message["type"] == "location_batch":
+            fixes = protocol.parse_batch(message, self.parcel_id)
+            authorise_location(self.user, state)
+            return self.hub.store_batch(self.parcel_id, self.user.id, fixes)
+        location = protocol.parse_location(message, self.parcel_id)
+        authorise_location(self.user, state)
+        self.hub.publish_location(self.parcel_id, self.user.id, location)
+
+    def left(self) -> None:
+        if self.parcel_id is None:
+            return
+        self.hub.unsubscribe(self, self.parcel_id)
+        if self.user.role == "driver":
+            self.hub.driver_left(self.parcel_id, self.user.id)
+
+
+def authorise_location(user: User, state: ParcelState) -> None:
+    """May this user send a location for a parcel in this state now? (ProtocolError: no.)"""
+    if not can_send_location(user, state.driver_id):
+        raise protocol.ProtocolError("only the parcel's assigned driver can send its location")
+    if state.finished:
+        raise protocol.ProtocolError(f"the parcel is {state.status}; its location is no longer tracked")
+
+
+def may_send_location(user: User, state: ParcelState) -> bool:
+    """`authorise_location` as a question (a route skips a parcel reassigned or finished a moment ago)."""
+    return can_send_location(user, state.driver_id) and not state.finished
 
 
 def _unsent(connection: Any) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("client", "driver", "dispatcher")
+VIEWER = "viewer"  # the holder of a share link: one parcel, receive only, no account
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,15 @@ class User:
         return {"id": self.id, "email": self.email, "name": self.name, "role": self.role}
 
 
+def link_viewer(parcel_id: int) -> User:
+    """Whoever holds a valid share link of this parcel (docs/protocol.md, "Share links")."""
+    return User(id=-parcel_id, role=VIEWER)
+
+
 def can_view(user: User, parcel: Mapping[str, Any]) -> bool:
     """May this user see the parcel, open its socket and receive its updates?"""
+    if user.role == VIEWER:
+        return parcel.get("_id") == -user.id
     if user.role == "dispatcher":
         return True
     if user.role == "client":
@@ -45,6 +53,11 @@ def visible_scope(user: User) -> dict[str, Any] | None:
     if user.role == "driver":
         return {"driver_id": user.id}
     return None
+
+
+def can_share(user: User, parcel: Mapping[str, Any]) -> bool:
+    """Its owner and dispatchers make and revoke a parcel's share links."""
+    return user.role == "dispatcher" or (user.role == "client" and parcel.get("owner_id") == user.id)
 
 
 def can_send_location(user: User, driver_id: int | None) -> bool:

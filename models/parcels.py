@@ -169,6 +169,12 @@ async def active_for_driver(db: Database, driver_id: int) -> list[dict[str, Any]
     return sorted(found, key=lambda doc: doc["seq"])
 
 
+async def all_active(db: Database) -> list[dict[str, Any]]:
+    """Every parcel not finished, oldest first (the dispatcher's board): one query per status."""
+    found = [doc for status in ACTIVE for doc in await db.parcels.find({"status": status}).to_list(None)]
+    return sorted(found, key=lambda doc: doc["seq"])
+
+
 async def assign_driver(db: Database, parcel_id: int, driver_id: int) -> tuple[dict[str, Any], int | None]:
     """Assign a driver; returns the updated parcel and the previous driver's id.
 

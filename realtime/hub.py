@@ -6,6 +6,15 @@ every subscriber of the parcel, keeps the latest location of each parcel for the
 snapshot on connect, and passes every Nth accepted location (and a driver's last
 one when their socket closes) to the sample writer, never making the broadcast
 wait for it.
+
+Subscribers come in three shapes, all fed from the same events:
+- a parcel's socket (its driver, owner, a dispatcher, a share link's viewer);
+- a driver's route socket, subscribed to each of the driver's active parcels, whose
+  set the hub changes as parcels are assigned, reassigned and finished;
+- a dispatcher's board, which gets every parcel's status and, conflated to one per
+  parcel per `BOARD_INTERVAL`, every location.
+Each parcel the hub publishes for has a `Journey` (realtime/journey.py): the ETA,
+geofence crossings and fix quality its broadcasts carry.
 """
 
 from __future__ import annotations
@@ -16,25 +25,33 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from models import parcels
-from models.access import User
-from models.db import Database, utcnow
+from models import parcels, shares
+from models.access import VIEWER, User
+from models.db import Database, iso, utcnow
 from models.locations import SampleWriter
 from realtime import protocol
 from realtime.broker import make_broker
+from realtime.journey import Journey
 from realtime.metrics import Metrics
 
 SESSION_ENDED = 4401  # the close code of a socket whose user's session ended
+LINK_ENDED = 4401  # a share link's socket when its links are revoked or its parcel finishes
+BOARD_INTERVAL = 1.0  # seconds: a board gets at most one location per parcel this often
 
 
 class Subscriber(Protocol):
     user: User
+    kind: str  # "tracking", "driver" (a route) or "dispatch" (a board)
 
     def send_text(self, text: str) -> None: ...
 
     def revoke(self, message: str, code: int = ...) -> None: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+class RouteSocket(Subscriber, Protocol):
+    parcels: list[int]  # the driver's active parcels, in route order: the hub keeps it
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,13 @@ class ParcelState:
     driver_id: int | None
     status: str
     checked: float  # when it was last read from the database (time.monotonic)
+    pickup: dict[str, Any]
+    destination: dict[str, Any]
+
+    @classmethod
+    def of(cls, parcel: dict[str, Any]) -> ParcelState:
+        return cls(parcel.get("driver_id"), parcel["status"], time.monotonic(), parcel["pickup"],
+                   parcel["destination"])
 
     @property
     def finished(self) -> bool:
@@ -64,7 +88,8 @@ class Hub:
     before it re-reads it, so that a change made by another process (the CLI) lands."""
 
     def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "",
-                 state_ttl: float = 5.0, shutdown_timeout: float = 7.0, metrics: Metrics | None = None) -> None:
+                 state_ttl: float = 5.0, shutdown_timeout: float = 7.0, metrics: Metrics | None = None,
+                 geofence_radius_m: float = 150.0) -> None:
         self.db = db
         self.metrics = metrics or Metrics()
         self.metrics.watch(self)
@@ -72,13 +97,19 @@ class Hub:
         self.sample_every = sample_every
         self.state_ttl = state_ttl
         self.shutdown_timeout = shutdown_timeout
+        self.geofence_radius_m = geofence_radius_m
         self.broker = make_broker(broker_url, self._deliver)
         self._subscribers: dict[int, set[Subscriber]] = {}
         self._by_user: dict[int, set[Subscriber]] = {}
+        self._routes: dict[int, set[RouteSocket]] = {}  # a driver's route sockets, by driver id
+        self._boards: set[Subscriber] = set()
         self._states: dict[int, ParcelState] = {}
-        self._latest: dict[int, str] = {}  # the latest location_update text of each parcel
+        self._latest: dict[int, dict[str, Any]] = {}  # the latest location_update of each parcel
+        self._journeys: dict[int, Journey] = {}
         self._accepted: dict[int, int] = {}
         self._unsaved: dict[int, Position] = {}
+        self._board_sent: dict[int, float] = {}  # when each parcel's location last went to the boards
+        self._board_waiting: dict[int, str] = {}  # the latest location held back from the boards
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -86,7 +117,7 @@ class Hub:
 
     def close_all(self) -> None:
         """Close every socket as "going away" (1001), so pages reconnect to the next server."""
-        for subscribers in list(self._subscribers.values()):
+        for subscribers in [*self._by_user.values(), self._boards]:
             for subscriber in list(subscribers):
                 subscriber.close(1001, "the server is restarting")
 
@@ -104,22 +135,26 @@ class Hub:
         parcel_id = parcel["_id"]
         self._subscribers.setdefault(parcel_id, set()).add(subscriber)
         self._by_user.setdefault(subscriber.user.id, set()).add(subscriber)
-        self._states[parcel_id] = ParcelState(parcel.get("driver_id"), parcel["status"], time.monotonic())
-        if parcel_id in self._latest:
-            return self._latest[parcel_id]
-        last = parcel.get("last_location")
-        if not last:
-            return None
-        location = {"lat": last["lat"], "lng": last["lng"], "address": last.get("address", "")}
-        driver_id = last.get("driver_id", parcel.get("driver_id"))
-        return protocol.location_update(parcel_id, driver_id, location, last["timestamp"])
+        self._states[parcel_id] = ParcelState.of(parcel)
+        latest = self._latest.get(parcel_id) or self._stored_location(parcel)
+        return latest and protocol.encode(latest, viewer=subscriber.user.role == VIEWER)
 
-    def unsubscribe(self, subscriber: Subscriber, parcel_id: int) -> None:
-        mine = self._by_user.get(subscriber.user.id)
-        if mine is not None:
-            mine.discard(subscriber)
-            if not mine:
-                del self._by_user[subscriber.user.id]
+    def unsubscribe(self, subscriber: Subscriber, parcel_id: int | None = None) -> None:
+        """Remove a subscriber from one parcel (`parcel_id`), or from everything (None: its socket closed)."""
+        if parcel_id is None:
+            self._boards.discard(subscriber)
+            if subscriber.kind == "driver":
+                self._leave_route(subscriber)
+        else:
+            self._remove(subscriber, parcel_id)
+        if parcel_id is None or subscriber.kind == "tracking":
+            mine = self._by_user.get(subscriber.user.id)
+            if mine is not None:
+                mine.discard(subscriber)
+                if not mine:
+                    del self._by_user[subscriber.user.id]
+
+    def _remove(self, subscriber: Subscriber, parcel_id: int) -> None:
         subscribers = self._subscribers.get(parcel_id)
         if subscribers is None:
             return
@@ -127,6 +162,54 @@ class Hub:
         if not subscribers:
             del self._subscribers[parcel_id]
             self._states.pop(parcel_id, None)
+
+    def join_route(self, socket: RouteSocket, active: list[dict[str, Any]]) -> None:
+        """A driver's route socket: a subscriber of each of their active parcels, from now on
+        of every parcel assigned to them, until it is finished or reassigned."""
+        self._routes.setdefault(socket.user.id, set()).add(socket)
+        self._by_user.setdefault(socket.user.id, set()).add(socket)
+        socket.parcels = []
+        for parcel in active:
+            self._add_to_route(socket, parcel["_id"], ParcelState.of(parcel))
+
+    def _add_to_route(self, socket: RouteSocket, parcel_id: int, state: ParcelState) -> None:
+        if parcel_id in socket.parcels:
+            return
+        socket.parcels.append(parcel_id)
+        self._subscribers.setdefault(parcel_id, set()).add(socket)
+        self._states.setdefault(parcel_id, state)
+
+    def _leave_route(self, socket: RouteSocket) -> None:
+        mine = self._routes.get(socket.user.id)
+        if mine is not None:
+            mine.discard(socket)
+            if not mine:
+                del self._routes[socket.user.id]
+        for parcel_id in socket.parcels:
+            self._remove(socket, parcel_id)
+            self.driver_left(parcel_id, socket.user.id)
+        socket.parcels = []
+
+    def join_board(self, board: Subscriber, active: list[dict[str, Any]]) -> str:
+        """A dispatcher's board; returns its first message, every active parcel where it is."""
+        self._boards.add(board)
+        self._by_user.setdefault(board.user.id, set()).add(board)
+        entries = []
+        for parcel in active:
+            latest = self._latest.get(parcel["_id"]) or self._stored_location(parcel)
+            entries.append(protocol.board_entry(
+                parcel["_id"], parcel["status"], parcel.get("driver_id"),
+                latest["location"] if latest else None, latest["timestamp"] if latest else None))
+        return protocol.board(entries)
+
+    @staticmethod
+    def _stored_location(parcel: dict[str, Any]) -> dict[str, Any] | None:
+        last = parcel.get("last_location")
+        if not last:
+            return None
+        location = {"lat": last["lat"], "lng": last["lng"], "address": last.get("address", "")}
+        driver_id = last.get("driver_id", parcel.get("driver_id"))
+        return protocol.location_message(parcel["_id"], driver_id, location, iso(last["timestamp"]))
 
     def subscriber_count(self, parcel_id: int) -> int:
         return len(self._subscribers.get(parcel_id, ()))
@@ -136,13 +219,17 @@ class Hub:
         counts: dict[tuple[str, str], int] = {}
         for subscribers in self._by_user.values():
             for subscriber in subscribers:
-                key = (getattr(subscriber, "kind", "tracking"), subscriber.user.role)
+                key = (subscriber.kind, subscriber.user.role)
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
-    def latest_location(self, parcel_id: int) -> str | None:
+    def latest_location(self, parcel_id: int) -> dict[str, Any] | None:
         """The latest location_update broadcast for a parcel this process has seen, if any."""
         return self._latest.get(parcel_id)
+
+    def route(self, driver_socket: RouteSocket) -> list[tuple[int, ParcelState]]:
+        """The parcels a route socket's fix goes to now, with what the hub knows of each."""
+        return [(parcel_id, self.parcel_state(parcel_id)) for parcel_id in driver_socket.parcels]
 
     def parcel_state(self, parcel_id: int) -> ParcelState:
         """The driver and status of a parcel with subscribers.
@@ -167,20 +254,49 @@ class Hub:
 
     # -- events in -----------------------------------------------------------
 
-    def publish_location(self, parcel_id: int, driver_id: int, location: dict[str, Any]) -> None:
-        """An accepted location: broadcast it, and sample it for the history."""
-        position = Position(driver_id, location, utcnow())
+    def publish_location(self, parcel_id: int, driver_id: int, location: dict[str, Any],
+                         recorded_at: datetime | None = None) -> None:
+        """An accepted location: broadcast it, and sample it for the history. A fix from an
+        offline batch (`recorded_at`) is already stored, so it is only broadcast, and only
+        when it is newer than what was broadcast last."""
+        timestamp = recorded_at or utcnow()
+        if recorded_at is None:
+            self._sample(parcel_id, Position(driver_id, location, timestamp))
+        else:
+            latest = self._latest.get(parcel_id)
+            if latest is not None and latest["timestamp"] >= iso(recorded_at):
+                return
+        state = self._states[parcel_id]
+        journey = self._journeys.get(parcel_id)
+        if journey is None:
+            journey = self._journeys[parcel_id] = Journey(state.pickup, state.destination, self.geofence_radius_m)
+        seen = journey.observe(location["lat"], location["lng"], timestamp.timestamp(), state.status,
+                               location.get("accuracy"))
+        stamp = iso(timestamp)
+        self.broker.publish({
+            "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
+            "message": protocol.location_message(parcel_id, driver_id, location, stamp, seen.eta, seen.low_quality),
+        })
+        for zone, event in seen.crossings:
+            self.broker.publish({"kind": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
+                                 "timestamp": stamp})
+
+    def store_batch(self, parcel_id: int, driver_id: int, fixes: list[tuple[dict[str, Any], datetime]]) -> None:
+        """An offline batch: every fix goes to the history at its own time; the newest is
+        broadcast if it is newer than the parcel's last broadcast."""
+        for location, recorded_at in fixes:
+            self.writer.add(parcel_id, driver_id, location, recorded_at)
+        location, recorded_at = fixes[-1]
+        self.publish_location(parcel_id, driver_id, location, recorded_at)
+
+    def _sample(self, parcel_id: int, position: Position) -> None:
         count = self._accepted.get(parcel_id, 0) + 1
         self._accepted[parcel_id] = count
         if count % self.sample_every == 0:
             self._unsaved.pop(parcel_id, None)
-            self.writer.add(parcel_id, driver_id, location, position.timestamp)
+            self.writer.add(parcel_id, position.driver_id, position.location, position.timestamp)
         else:
             self._unsaved[parcel_id] = position
-        self.broker.publish({
-            "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
-            "text": protocol.location_update(parcel_id, driver_id, location, position.timestamp),
-        })
 
     def driver_left(self, parcel_id: int, driver_id: int) -> None:
         """A driver's socket closed: their latest accepted update is written too."""
@@ -189,16 +305,21 @@ class Hub:
             self._save_unsaved(parcel_id)
 
     def parcel_changed(self, parcel: dict[str, Any], previous_driver_id: int | None = None) -> None:
-        """A parcel's status or driver changed: tell its subscribers, cut off a replaced driver."""
+        """A parcel's status or driver changed: tell its subscribers, cut off a replaced driver,
+        move it between drivers' routes."""
         self.broker.publish({
             "kind": "parcel", "parcel_id": parcel["_id"], "status": parcel["status"],
-            "driver_id": parcel.get("driver_id"),
+            "driver_id": parcel.get("driver_id"), "pickup": parcel["pickup"], "destination": parcel["destination"],
             "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
         })
 
     def sessions_ended(self, user_id: int) -> None:
         """A user logged out, or their password or role changed: close their sockets (4401), in every process."""
         self.broker.publish({"kind": "user", "user_id": user_id})
+
+    def links_revoked(self, parcel_id: int) -> None:
+        """A parcel's share links were revoked: close their sockets (4401), in every process."""
+        self.broker.publish({"kind": "links", "parcel_id": parcel_id})
 
     def _save_unsaved(self, parcel_id: int) -> None:
         position = self._unsaved.pop(parcel_id)
@@ -207,24 +328,95 @@ class Hub:
     # -- events out (from the broker, in every process) -----------------------
 
     def _deliver(self, event: dict[str, Any]) -> None:
-        if event["kind"] == "user":
+        kind = event["kind"]
+        if kind == "user":
             return self._end_sessions(event["user_id"])
         parcel_id = event["parcel_id"]
-        if event["kind"] == "location":
-            self._latest[parcel_id] = event["text"]
-            self._send(parcel_id, event["text"])
+        if kind == "location":
+            message = event["message"]
+            self._latest[parcel_id] = message
+            text = protocol.encode(message)
+            self._send(parcel_id, text, message)
+            if self._boards:
+                self._to_boards(parcel_id, text)
             self.metrics.broadcast_latency.observe(max(0.0, time.time() - event["accepted"]))
-            return
-        self._apply_change(parcel_id, event["driver_id"], event["status"])
+        elif kind == "geofence":
+            self._send(parcel_id, protocol.geofence(parcel_id, event["zone"], event["event"], event["timestamp"]))
+        elif kind == "links":
+            self._close_links(parcel_id, shares.GONE)
+        else:
+            self._parcel_changed(parcel_id, event)
+
+    def _parcel_changed(self, parcel_id: int, event: dict[str, Any]) -> None:
+        status, driver_id, now = event["status"], event["driver_id"], utcnow()
+        self._apply_change(parcel_id, driver_id, status)
         if event["revoke_driver_id"] is not None:
             self._revoke_driver(parcel_id, event["revoke_driver_id"])
-        self._send(parcel_id, protocol.status(parcel_id, event["status"], utcnow()))
+        finished = status in parcels.FINISHED
+        if driver_id is not None and not finished:
+            state = ParcelState(driver_id, status, time.monotonic(), event["pickup"], event["destination"])
+            for socket in list(self._routes.get(driver_id, ())):
+                if parcel_id not in socket.parcels:
+                    self._add_to_route(socket, parcel_id, state)
+                    socket.send_text(protocol.route_changed(socket.parcels))
+        self._send(parcel_id, protocol.status(parcel_id, status, now))
+        for socket in [s for s in self._subscribers.get(parcel_id, ()) if s.kind == "driver"]:
+            if finished or socket.user.id != driver_id:
+                self._drop_from_route(socket, parcel_id)
+        if finished:
+            self._close_links(parcel_id, shares.NOT_LIVE.format(status=status))
+        if self._boards:
+            text = protocol.status(parcel_id, status, now, driver_id)
+            for board in list(self._boards):
+                board.send_text(text)
 
-    def _send(self, parcel_id: int, text: str) -> None:
+    def _send(self, parcel_id: int, text: str, message: dict[str, Any] | None = None) -> None:
+        """One text to every subscriber of the parcel; a viewer gets `message` without user ids."""
         subscribers = list(self._subscribers.get(parcel_id, ()))
+        viewer_text = None
         for subscriber in subscribers:
-            subscriber.send_text(text)
+            if message is not None and subscriber.user.role == VIEWER:
+                viewer_text = viewer_text or protocol.encode(message, viewer=True)
+                subscriber.send_text(viewer_text)
+            else:
+                subscriber.send_text(text)
         self.metrics.broadcasts_out.inc(len(subscribers))
+
+    def _to_boards(self, parcel_id: int, text: str) -> None:
+        """A location for the boards, conflated: at most one per parcel per BOARD_INTERVAL,
+        the latest one waiting sent when the interval ends."""
+        now = time.monotonic()
+        due = self._board_sent.get(parcel_id, -BOARD_INTERVAL) + BOARD_INTERVAL
+        if now >= due and parcel_id not in self._board_waiting:
+            self._board_send(parcel_id, text, now)
+            return
+        if parcel_id not in self._board_waiting:
+            asyncio.get_running_loop().call_later(max(0.0, due - now), self._board_flush, parcel_id)
+        self._board_waiting[parcel_id] = text
+
+    def _board_flush(self, parcel_id: int) -> None:
+        text = self._board_waiting.pop(parcel_id, None)
+        if text is not None:
+            self._board_send(parcel_id, text, time.monotonic())
+
+    def _board_send(self, parcel_id: int, text: str, now: float) -> None:
+        self._board_sent[parcel_id] = now
+        for board in list(self._boards):
+            board.send_text(text)
+        self.metrics.broadcasts_out.inc(len(self._boards))
+
+    def _drop_from_route(self, socket: RouteSocket, parcel_id: int) -> None:
+        """A parcel leaves a driver's route (finished, or reassigned): their position there is saved."""
+        if parcel_id in socket.parcels:
+            socket.parcels.remove(parcel_id)
+            self._remove(socket, parcel_id)
+            self.driver_left(parcel_id, socket.user.id)
+            socket.send_text(protocol.route_changed(socket.parcels))
+
+    def _close_links(self, parcel_id: int, reason: str) -> None:
+        for subscriber in [s for s in self._subscribers.get(parcel_id, ()) if s.user.role == VIEWER]:
+            self.unsubscribe(subscriber, parcel_id)
+            subscriber.revoke(reason, LINK_ENDED)
 
     def _apply_change(self, parcel_id: int, driver_id: int | None, status: str) -> None:
         """Remember a parcel's new driver and status; once it is finished, save its final
@@ -237,17 +429,22 @@ class Hub:
                 self._save_unsaved(parcel_id)
             self._accepted.pop(parcel_id, None)
             self._latest.pop(parcel_id, None)
+            self._journeys.pop(parcel_id, None)
+            self._board_sent.pop(parcel_id, None)
 
     def _end_sessions(self, user_id: int) -> None:
         for subscriber in list(self._by_user.get(user_id, ())):
             for parcel_id in [p for p, subs in self._subscribers.items() if subscriber in subs]:
-                self.unsubscribe(subscriber, parcel_id)
+                self._remove(subscriber, parcel_id)
+            self.unsubscribe(subscriber)
             subscriber.revoke("your session has ended; log in again", SESSION_ENDED)
 
     def _revoke_driver(self, parcel_id: int, driver_id: int) -> None:
-        """A replaced driver's sockets are closed (4403); their position is not the parcel's now."""
+        """A replaced driver's parcel sockets are closed (4403); their position is not the
+        parcel's now. (Their route socket only drops the parcel.)"""
         self._latest.pop(parcel_id, None)
+        self._journeys.pop(parcel_id, None)
         for subscriber in list(self._subscribers.get(parcel_id, ())):
-            if subscriber.user.role == "driver" and subscriber.user.id == driver_id:
+            if subscriber.kind == "tracking" and subscriber.user.role == "driver" and subscriber.user.id == driver_id:
                 self.unsubscribe(subscriber, parcel_id)
                 subscriber.revoke("you are no longer assigned to this parcel")

@@ -29,7 +29,8 @@ class Metrics:
         self.broadcast_latency = Histogram(
             "parcel_broadcast_latency_seconds", "From a location's acceptance until every subscriber's frame is out",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=self.registry)
-        self.tracking_messages_in = self.messages_in.labels("tracking")  # resolved once: every message counts
+        # resolved once: every message counts
+        self.messages_by_kind = {kind: self.messages_in.labels(kind) for kind in ("tracking", "driver", "dispatch")}
         self.database_errors = Counter("parcel_database_errors", "Requests that found the database unavailable",
                                        registry=self.registry)
         self._hub: Hub | None = None

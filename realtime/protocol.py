@@ -8,14 +8,17 @@ here and nowhere else.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from models import geo
-from models.db import iso
+from models.db import iso, utcnow
+from models.locations import EARLIEST_FIX, LATEST_FIX
 
 # Optional extras a driver may add, with the range each must lie in.
 EXTRAS = {"accuracy": (0.0, 1e6), "heading": (0.0, 360.0), "speed": (0.0, 1e4)}
+MESSAGE_TYPES = ("location_update", "location_batch")
+MAX_BATCH = 200  # fixes in one location_batch
 
 
 class ProtocolError(ValueError):
@@ -33,25 +36,71 @@ def parse_message(text: str | bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError("message must be a JSON object")
     kind = message.get("type")
-    if kind != "location_update":
+    if kind not in MESSAGE_TYPES:
         raise ProtocolError(f"unknown message type: {str(kind)[:40]!r}" if kind is not None else "message has no type")
     return message
 
 
-def parse_location(message: dict[str, Any], parcel_id: int) -> dict[str, Any]:
-    """The location a `location_update` carries: lat, lng, address and any extras."""
-    if "parcel_id" in message:
+def parse_location(message: dict[str, Any], parcel_id: int | None) -> dict[str, Any]:
+    """The location a `location_update` carries: lat, lng, address and any extras.
+    `parcel_id`: the socket's parcel, which a `parcel_id` in the message must name (None:
+    the driver socket, where the handler checks it against the route)."""
+    _check_parcel(message, parcel_id)
+    try:
+        return _fix(message)
+    except geo.InvalidLocation as e:
+        raise ProtocolError(str(e)) from None
+
+
+def _check_parcel(message: dict[str, Any], parcel_id: int | None) -> None:
+    if "parcel_id" in message and parcel_id is not None:
         claimed = message["parcel_id"]
         if isinstance(claimed, bool) or claimed != parcel_id:
             raise ProtocolError("parcel_id does not match this socket's parcel")
-    try:
-        location = geo.point(message)
-        for name, (low, high) in EXTRAS.items():
-            if message.get(name) is not None:
-                location[name] = geo.number(message[name], name, low, high)
-    except geo.InvalidLocation as e:
-        raise ProtocolError(str(e)) from None
+
+
+def _fix(value: Any) -> dict[str, Any]:
+    location = geo.point(value)
+    for name, (low, high) in EXTRAS.items():
+        if value.get(name) is not None:
+            location[name] = geo.number(value[name], name, low, high)
     return location
+
+
+def parse_batch(message: dict[str, Any], parcel_id: int | None) -> list[tuple[dict[str, Any], datetime]]:
+    """A `location_batch`'s fixes with their `recorded_at`, checked whole before any is used
+    (docs/protocol.md, "Offline batches"): the first bad entry is named by its index."""
+    _check_parcel(message, parcel_id)
+    entries = message.get("locations")
+    if not isinstance(entries, list) or not entries:
+        raise ProtocolError("locations must be a non-empty list")
+    if len(entries) > MAX_BATCH:
+        raise ProtocolError(f"a batch holds at most {MAX_BATCH} locations")
+    now = utcnow()
+    fixes: list[tuple[dict[str, Any], datetime]] = []
+    for index, entry in enumerate(entries):
+        try:
+            location = _fix(entry)
+            recorded = _recorded_at(entry.get("recorded_at"))
+        except geo.InvalidLocation as e:
+            raise ProtocolError(f"locations[{index}]: {e}") from None
+        if not now - EARLIEST_FIX <= recorded <= now + LATEST_FIX:
+            raise ProtocolError(f"locations[{index}]: recorded_at must lie within the last 24 hours")
+        if fixes and recorded < fixes[-1][1]:
+            raise ProtocolError(f"locations[{index}]: recorded_at must not be earlier than the one before")
+        fixes.append((location, recorded))
+    return fixes
+
+
+def _recorded_at(value: Any) -> datetime:
+    if not isinstance(value, str) or len(value) > 40:
+        raise geo.InvalidLocation("recorded_at must be an ISO 8601 timestamp")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise geo.InvalidLocation("recorded_at must be an ISO 8601 timestamp") from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 # -- messages out -------------------------------------------------------------------
@@ -65,15 +114,60 @@ def subscribed(parcel_id: int, role: str, status: str) -> str:
     return json.dumps({"type": "subscribed", "parcel_id": parcel_id, "role": role, "status": status})
 
 
-def location_update(parcel_id: int, driver_id: int | None, location: dict[str, Any], timestamp: datetime) -> str:
-    return json.dumps({
+def route_subscribed(parcel_ids: list[int]) -> str:
+    """The driver socket's first message: the driver's active parcels in route order."""
+    return json.dumps({"type": "subscribed", "role": "driver", "parcels": parcel_ids})
+
+
+def route_changed(parcel_ids: list[int]) -> str:
+    return json.dumps({"type": "parcels", "parcels": parcel_ids})
+
+
+def location_message(parcel_id: int, driver_id: int | None, location: dict[str, Any], timestamp: str,
+                     eta: dict[str, Any] | None = None, low_quality: bool = False) -> dict[str, Any]:
+    """A `location_update` broadcast as a dict (the hub encodes it once per audience)."""
+    message = {
         "type": "location_update",
         "driver_id": str(driver_id) if driver_id is not None else None,
         "location": location,
         "parcel_id": parcel_id,
-        "timestamp": iso(timestamp),
-    })
+        "timestamp": timestamp,
+        "eta": eta,
+    }
+    if low_quality:
+        message["quality"] = "low"
+    return message
 
 
-def status(parcel_id: int, status: str, timestamp: datetime) -> str:
-    return json.dumps({"type": "status", "parcel_id": parcel_id, "status": status, "timestamp": iso(timestamp)})
+def encode(message: dict[str, Any], viewer: bool = False) -> str:
+    """A built message as sent; a share link's viewer gets no user id (docs/protocol.md, "Share links")."""
+    return json.dumps({**message, "driver_id": None} if viewer else message)
+
+
+def location_update(parcel_id: int, driver_id: int | None, location: dict[str, Any], timestamp: datetime,
+                    eta: dict[str, Any] | None = None) -> str:
+    return encode(location_message(parcel_id, driver_id, location, iso(timestamp), eta))
+
+
+def status(parcel_id: int, status: str, timestamp: datetime, driver_id: int | None | bool = False) -> str:
+    """A status change; the board's copy also names the driver (`driver_id` given)."""
+    message: dict[str, Any] = {"type": "status", "parcel_id": parcel_id, "status": status, "timestamp": iso(timestamp)}
+    if driver_id is not False:
+        message["driver_id"] = str(driver_id) if driver_id is not None else None
+    return json.dumps(message)
+
+
+def geofence(parcel_id: int, zone: str, event: str, timestamp: str) -> str:
+    return json.dumps({"type": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
+                       "timestamp": timestamp})
+
+
+def board(entries: list[dict[str, Any]]) -> str:
+    """The dispatcher's board on connect: every active parcel (docs/protocol.md, "The dispatcher's board")."""
+    return json.dumps({"type": "board", "parcels": entries})
+
+
+def board_entry(parcel_id: int, status: str, driver_id: int | None, location: dict[str, Any] | None,
+                timestamp: str | None) -> dict[str, Any]:
+    return {"parcel_id": parcel_id, "status": status, "driver_id": str(driver_id) if driver_id is not None else None,
+            "location": location, "timestamp": timestamp}

@@ -1,0 +1,197 @@
+"""Share links (CONTRACT §7, docs/protocol.md "Share links"): made and revoked by the
+owner or a dispatcher, a page without login, a receive-only socket, refused everywhere else."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+
+from auth import tokens
+from models import parcels
+from tests.conftest import TEST_SECRET, World, body, recv, refused, settings
+from tests.test_tracking_socket import (
+    expect_closed,
+    expect_error,
+    expect_update,
+    nothing_arrives,
+    scene,
+    send_location,
+    subscribed,
+)
+
+
+async def share(world: World, parcel_id: int, user) -> dict:
+    response = await world.api("POST", f"/api/parcels/{parcel_id}/share/", user)
+    assert response.code == 201, response.body
+    return body(response)
+
+
+async def viewer(world: World, parcel_id: int, token: str):
+    ws = await world.socket(parcel_id, token)
+    got = await recv(ws)
+    assert got["type"] == "subscribed" and got["role"] == "viewer", got
+    return ws
+
+
+@pytest.mark.gen_test
+async def test_the_owner_and_a_dispatcher_make_links_others_may_not(world):
+    s = await scene(world)
+    for user in (s.client, s.dispatcher):
+        link = await share(world, s.id, user)
+        assert set(link) == {"url", "token", "expires_at"}
+        assert link["url"] == f"http://127.0.0.1:{world.port}/t/{link['token']}"
+        claims = jwt.decode(link["token"], TEST_SECRET, algorithms=["HS256"])
+        assert claims["type"] == "share" and claims["pid"] == s.id
+        expires = datetime.fromisoformat(link["expires_at"].replace("Z", "+00:00"))
+        assert abs((expires - datetime.now(UTC)) - timedelta(seconds=172_800)) < timedelta(seconds=30)
+    refused(await world.api("POST", f"/api/parcels/{s.id}/share/", s.driver), 403)
+    stranger = await world.user("client")
+    refused(await world.api("POST", f"/api/parcels/{s.id}/share/", stranger), 404)
+    refused(await world.api("DELETE", f"/api/parcels/{s.id}/share/", stranger), 404)
+    refused(await world.api("POST", f"/api/parcels/{s.id}/share/"), 401)
+
+
+@settings(share_link_ttl=60)
+@pytest.mark.gen_test
+async def test_a_link_lives_share_link_ttl_and_at_most_an_hour_after_the_parcel_finished(world):
+    s = await scene(world)
+    link = await share(world, s.id, s.client)
+    expires = datetime.fromisoformat(link["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(seconds=50) < expires - datetime.now(UTC) <= timedelta(seconds=60)
+    expired = tokens.issue_share(s.id, 0, int(time.time()) - 1, TEST_SECRET)
+    assert (await world.page(f"/t/{expired}")).code == 404
+    # a parcel delivered more than an hour ago: its old links stop, and no new one is made
+    await parcels.set_status(world.app.db, s.id, "delivered")
+    old = datetime.now(UTC) - timedelta(hours=2)
+    await world.app.db.parcels.update_one({"_id": s.id, "timeline.status": "delivered"},
+                                          {"$set": {"timeline.$.timestamp": old}})
+    assert (await world.page(f"/t/{link['token']}")).code == 404
+    refused(await world.api("POST", f"/api/parcels/{s.id}/share/", s.client), 409)
+
+
+@pytest.mark.gen_test
+async def test_the_share_page_needs_no_login_and_shows_no_email_or_user_id(world):
+    s = await scene(world)
+    driver = await world.user("driver", email="dana.driver@example.test", name="Dana")
+    await world.api("POST", f"/api/parcels/{s.id}/assign/", s.dispatcher, {"driver_id": driver.id})
+    link = await share(world, s.id, s.client)
+    page = await world.page(f"/t/{link['token']}")
+    assert page.code == 200
+    html = page.body.decode()
+    assert "Dana" in html and "India Gate" in html and "Hauz Khas" in html
+    assert "@" not in html.replace(link["token"], "")
+    assert '"owner_id"' not in html and '"driver_id"' not in html
+    for header in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy"):
+        assert page.headers.get(header), header
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("kind", ["forged", "revoked", "garbage"])
+async def test_an_expired_revoked_or_forged_link_is_a_404_page_saying_so(world, kind):
+    s = await scene(world)
+    link = await share(world, s.id, s.client)
+    token = link["token"]
+    if kind == "forged":
+        token = jwt.encode({**jwt.decode(token, TEST_SECRET, algorithms=["HS256"]), "pid": s.id}, "another-secret"
+                           + "k" * 40, algorithm="HS256")
+    elif kind == "revoked":
+        assert (await world.api("DELETE", f"/api/parcels/{s.id}/share/", s.client)).code == 204
+    else:
+        token = "not.a.token"
+    page = await world.page(f"/t/{token}")
+    assert page.code == 404
+    assert "no longer valid" in page.body.decode()
+    refused(await world.api("GET", f"/t/{token}/locations"), 404)
+
+
+@pytest.mark.gen_test
+async def test_a_share_token_is_refused_wherever_an_access_token_is_expected(world):
+    s = await scene(world)
+    token = (await share(world, s.id, s.client))["token"]
+    for path in (f"/api/parcels/{s.id}/", "/api/me/", "/api/parcels/", f"/api/parcels/{s.id}/locations/"):
+        refused(await world.api("GET", path, headers={"Authorization": f"Bearer {token}"}), 401, path)
+    for other in ("/ws/driver/", "/ws/dispatch/"):
+        ws = await world.socket(None, token, path=other)
+        await expect_error(ws)
+        await expect_closed(ws, 4401)
+
+
+@pytest.mark.gen_test
+async def test_the_share_socket_receives_and_may_not_send_and_sees_no_user_id(world):
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    await send_location(driver, 28.60, 77.22)
+    token = (await share(world, s.id, s.client))["token"]
+    ws = await world.socket(s.id, token)
+    assert await recv(ws) == {"type": "subscribed", "parcel_id": s.id, "role": "viewer", "status": "in_transit"}
+    snapshot = await expect_update(ws, 28.60, 77.22)
+    assert snapshot["driver_id"] is None
+    driver.write_message(json.dumps({"type": "location_update", "lat": 28.59, "lng": 77.22}))
+    mine = await expect_update(driver, 28.59, 77.22)
+    seen = await expect_update(ws, 28.59, 77.22)
+    assert mine["driver_id"] == str(s.driver.id) and seen == {**mine, "driver_id": None}
+    ws.write_message(json.dumps({"type": "location_update", "lat": 1, "lng": 2}))
+    assert "driver" in await expect_error(ws)
+    driver.write_message(json.dumps({"type": "location_update", "lat": 28.58, "lng": 77.22}))
+    await expect_update(ws, 28.58, 77.22)  # still open
+
+
+@pytest.mark.gen_test
+async def test_a_share_token_opens_only_its_own_parcel(world):
+    s = await scene(world)
+    other = await world.parcel(s.client, s.driver, status="in_transit")
+    token = (await share(world, s.id, s.client))["token"]
+    ws = await world.socket(other["_id"], token)
+    await expect_error(ws)
+    await expect_closed(ws, 4403)
+
+
+@pytest.mark.gen_test
+async def test_revoking_closes_open_share_sockets_with_4401_and_new_ones_are_refused(world):
+    s = await scene(world)
+    token = (await share(world, s.id, s.dispatcher))["token"]
+    ws = await viewer(world, s.id, token)
+    owner = await subscribed(world, s.id, s.client)
+    assert (await world.api("DELETE", f"/api/parcels/{s.id}/share/", s.dispatcher)).code == 204
+    assert "no longer valid" in await expect_error(ws)
+    await expect_closed(ws, 4401)
+    await nothing_arrives(owner)  # only the link's sockets go
+    again = await world.socket(s.id, token)
+    await expect_error(again)
+    await expect_closed(again, 4401)
+    fresh = (await share(world, s.id, s.dispatcher))["token"]  # a new link works
+    await viewer(world, s.id, fresh)
+
+
+@pytest.mark.gen_test
+async def test_when_the_parcel_finishes_share_sockets_get_the_status_then_4401(world):
+    s = await scene(world)
+    token = (await share(world, s.id, s.client))["token"]
+    ws = await viewer(world, s.id, token)
+    delivered = await world.api("POST", f"/api/parcels/{s.id}/status/", s.driver, {"status": "delivered"})
+    assert delivered.code == 200
+    assert (await recv(ws))["status"] == "delivered"
+    await expect_error(ws)
+    await expect_closed(ws, 4401)
+    assert (await world.page(f"/t/{token}")).code == 200  # the page still shows how it ended, for an hour
+
+
+@pytest.mark.gen_test
+async def test_the_share_pages_history_is_paged_like_the_api(world):
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    for i in range(10):  # every 5th is sampled: two samples
+        await send_location(driver, 28.5 + i / 1000, 77.2)
+    await world.app.hub.writer.flush()
+    token = (await share(world, s.id, s.client))["token"]
+    first = await world.api("GET", f"/t/{token}/locations?limit=1")
+    assert first.code == 200 and len(body(first)["locations"]) == 1
+    assert 'rel="next"' in first.headers["Link"]
+    everything = body(await world.api("GET", f"/t/{token}/locations"))["locations"]
+    api = body(await world.api("GET", f"/api/parcels/{s.id}/locations/", s.client))["locations"]
+    assert everything == api and len(api) == 2
