@@ -1,0 +1,77 @@
+"""The dispatcher's board (CONTRACT §8, docs/protocol.md "The dispatcher's board"):
+a snapshot of every active parcel, then every status and location, locations conflated."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.conftest import World, recv
+from tests.test_driver_socket import fix
+from tests.test_tracking_socket import expect_closed, expect_error, expect_update, subscribed
+
+
+async def board(world: World, dispatcher):
+    ws = await world.socket(None, world.token(dispatcher), path="/ws/dispatch/")
+    first = await recv(ws)
+    assert first["type"] == "board" and set(first) == {"type", "parcels"}, first
+    return ws, first["parcels"]
+
+
+@pytest.mark.gen_test
+async def test_only_dispatchers_open_the_board_and_a_bad_token_is_4401(world):
+    for role in ("client", "driver"):
+        ws = await world.socket(None, world.token(await world.user(role)), path="/ws/dispatch/")
+        await expect_error(ws)
+        await expect_closed(ws, 4403)
+    ws = await world.socket(None, "x.y.z", path="/ws/dispatch/")
+    await expect_error(ws)
+    await expect_closed(ws, 4401)
+
+
+@pytest.mark.gen_test
+async def test_the_snapshot_holds_every_active_parcel_where_it_is(world):
+    client, driver, dispatcher = [await world.user(role) for role in ("client", "driver", "dispatcher")]
+    moving = await world.parcel(client, driver, status="in_transit")
+    waiting = await world.parcel(client)
+    await world.parcel(client, driver, status="delivered")
+    ws = await subscribed(world, moving["_id"], driver)
+    ws.write_message(fix(28.5, 77.1))
+    sent = await expect_update(ws, 28.5, 77.1)
+    _, entries = await board(world, dispatcher)
+    assert entries == [
+        {"parcel_id": moving["_id"], "status": "in_transit", "driver_id": str(driver.id),
+         "location": {"lat": 28.5, "lng": 77.1, "address": ""}, "timestamp": sent["timestamp"]},
+        {"parcel_id": waiting["_id"], "status": "pending", "driver_id": None, "location": None, "timestamp": None},
+    ]
+
+
+@pytest.mark.gen_test
+async def test_statuses_come_with_their_driver_and_locations_at_most_once_a_second_per_parcel_the_latest(world):
+    client, driver, dispatcher = [await world.user(role) for role in ("client", "driver", "dispatcher")]
+    parcel = await world.parcel(client)
+    ws, _ = await board(world, dispatcher)
+    assigned = await world.api("POST", f"/api/parcels/{parcel['_id']}/assign/", dispatcher, {"driver_id": driver.id})
+    assert assigned.code == 200
+    status = await recv(ws)
+    assert status["type"] == "status" and status["status"] == "assigned" and status["driver_id"] == str(driver.id)
+    sender = await subscribed(world, parcel["_id"], driver)
+    seen: list[tuple[float, float]] = []  # (when it arrived, its latitude)
+
+    async def watch() -> None:
+        while (message := await recv(ws, within=5)) is not None and len(seen) < 3:
+            seen.append((time.monotonic(), message["location"]["lat"]))
+
+    watching = asyncio.ensure_future(watch())
+    began = time.monotonic()
+    for i in range(10):  # ten fixes in about half a second
+        sender.write_message(fix(28.5 + i / 1000, 77.1))
+        await expect_update(sender, 28.5 + i / 1000, 77.1)
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.5)
+    watching.cancel()
+    assert [lat for _, lat in seen] == [28.5, 28.5 + 9 / 1000]  # the first at once, then only the latest
+    assert seen[0][0] - began < 0.3
+    assert 0.95 <= seen[1][0] - seen[0][0] <= 1.5  # when the second ended
