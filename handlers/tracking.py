@@ -24,6 +24,7 @@ from models import parcels, shares, users
 from models.access import User, can_send_location, can_view, link_viewer
 from models.db import parse_id, unreachable, utcnow
 from realtime import protocol
+from realtime.frames import text_frame
 from realtime.hub import Hub, ParcelState
 from settings import WEBSOCKET_MAX_MESSAGE_SIZE as MAX_FRAME
 
@@ -211,20 +212,27 @@ class Socket(tornado.websocket.WebSocketHandler):
     # -- the hub's side (Subscriber) -----------------------------------------
 
     def send_text(self, text: str) -> None:
-        """Send a frame; a socket that has gone meanwhile is simply skipped, and one whose
-        reader has fallen MAX_UNSENT behind is closed (1008) rather than kept in memory."""
-        if _unsent(self.ws_connection) > MAX_UNSENT:
-            if not self.ws_connection.is_closing():
-                log.info("closing a socket that stopped reading (%d bytes waiting)", _unsent(self.ws_connection))
-                self.close(CLOSE_TOO_SLOW, "you are not reading your messages")
-                if self.user is not None:  # no more fan-out to it while its close is pending
-                    self.left()
+        self.send_frame(text_frame(text))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write a framed message (realtime/frames.py); a socket that has gone meanwhile is
+        simply skipped, and one whose reader has fallen MAX_UNSENT behind is closed (1008)
+        rather than kept in memory."""
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return
+        stream = connection.stream
+        unsent = len(stream._write_buffer)  # Tornado keeps no public count of bytes not yet taken
+        if unsent > MAX_UNSENT:
+            log.info("closing a socket that stopped reading (%d bytes waiting)", unsent)
+            self.close(CLOSE_TOO_SLOW, "you are not reading your messages")
+            if self.user is not None:  # no more fan-out to it while its close is pending
+                self.left()
             return
         try:
-            future = self.write_message(text)
-        except tornado.websocket.WebSocketClosedError:
-            return
-        future.add_done_callback(_ignore_closed)
+            stream.write(frame)  # its future swallows a closed stream's error
+        except StreamClosedError:
+            pass
 
     def revoke(self, message: str, code: int = CLOSE_FORBIDDEN) -> None:
         self._reject(code, message)
@@ -310,15 +318,3 @@ def authorise_location(user: User, state: ParcelState) -> None:
 def may_send_location(user: User, state: ParcelState) -> bool:
     """`authorise_location` as a question (a route skips a parcel reassigned or finished a moment ago)."""
     return can_send_location(user, state.driver_id) and not state.finished
-
-
-def _unsent(connection: Any) -> int:
-    """Bytes written to a socket that its peer has not taken yet (Tornado keeps no public count)."""
-    buffer = getattr(getattr(connection, "stream", None), "_write_buffer", None)  # None once closed
-    return len(buffer) if buffer is not None else 0
-
-
-def _ignore_closed(future: Any) -> None:
-    # Retrieve the outcome so a peer that vanished mid-write is not logged as an error.
-    if not future.cancelled():
-        future.exception()

@@ -31,6 +31,7 @@ from models.db import Database, iso, utcnow
 from models.locations import SampleWriter
 from realtime import protocol
 from realtime.broker import make_broker
+from realtime.frames import text_frame
 from realtime.journey import Journey
 from realtime.metrics import Metrics
 
@@ -44,6 +45,8 @@ class Subscriber(Protocol):
     kind: str  # "tracking", "driver" (a route) or "dispatch" (a board)
 
     def send_text(self, text: str) -> None: ...
+
+    def send_frame(self, frame: bytes) -> None: ...
 
     def revoke(self, message: str, code: int = ...) -> None: ...
 
@@ -371,15 +374,16 @@ class Hub:
                 board.send_text(text)
 
     def _send(self, parcel_id: int, text: str, message: dict[str, Any] | None = None) -> None:
-        """One text to every subscriber of the parcel; a viewer gets `message` without user ids."""
+        """One frame to every subscriber of the parcel; a viewer gets `message` without user ids."""
         subscribers = list(self._subscribers.get(parcel_id, ()))
-        viewer_text = None
+        frame = text_frame(text)
+        viewer_frame = None
         for subscriber in subscribers:
             if message is not None and subscriber.user.role == VIEWER:
-                viewer_text = viewer_text or protocol.encode(message, viewer=True)
-                subscriber.send_text(viewer_text)
+                viewer_frame = viewer_frame or text_frame(protocol.encode(message, viewer=True))
+                subscriber.send_frame(viewer_frame)
             else:
-                subscriber.send_text(text)
+                subscriber.send_frame(frame)
         self.metrics.broadcasts_out.inc(len(subscribers))
 
     def _to_boards(self, parcel_id: int, text: str) -> None:
@@ -401,8 +405,9 @@ class Hub:
 
     def _board_send(self, parcel_id: int, text: str, now: float) -> None:
         self._board_sent[parcel_id] = now
+        frame = text_frame(text)
         for board in list(self._boards):
-            board.send_text(text)
+            board.send_frame(frame)
         self.metrics.broadcasts_out.inc(len(self._boards))
 
     def _drop_from_route(self, socket: RouteSocket, parcel_id: int) -> None:
