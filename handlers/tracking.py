@@ -141,14 +141,19 @@ class Socket(tornado.websocket.WebSocketHandler):
             claimed = tokens.verify(self._argument("token"), tokens.SOCKET_TYPES, self.application.config.secret_key)
         except tokens.TokenError as e:
             return self._reject(CLOSE_UNAUTHENTICATED, str(e))
-        found = await self.read(users.get_user(self.application.db, claimed.id))
-        if found is None:
-            return None
-        if not claimed.matches(found[0]):  # deleted, demoted, logged out, or a new password since
+        user = self.hub.known_user(claimed.id)
+        if user is None:
+            found = await self.read(users.get_user(self.application.db, claimed.id))
+            if found is None:
+                return None
+            user = found[0]
+            if user is not None:
+                self.hub.remember_user(user)
+        if not claimed.matches(user):  # deleted, demoted, logged out, or a new password since
             return self._reject(CLOSE_UNAUTHENTICATED, "the token is no longer valid; log in again")
-        if self.roles and found[0].role not in self.roles:
+        if self.roles and user.role not in self.roles:
             return self._reject(CLOSE_FORBIDDEN, f"this socket is for {' and '.join(r + 's' for r in self.roles)}")
-        return found[0]
+        return user
 
     def count_in(self, user: User) -> bool:
         """Count the socket under its user's and address's limits; False once refused (4429)."""
@@ -253,8 +258,12 @@ class TrackingSocket(Socket):
             return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
         parcel_id = parse_id(raw_id)  # any other integer names no parcel
         token = self._argument("token")
+        known = self.hub.known(parcel_id) if parcel_id else None  # no database read when the hub holds it
         if tokens.is_share(token):
             user, parcel = await self.link(token, parcel_id)
+            known = None
+        elif known is not None:
+            user, parcel = await self.authenticate(), known.parcel()
         else:
             user = await self.authenticate()
             found = user and parcel_id and await self.read(parcels.get_parcel(self.application.db, parcel_id))
@@ -266,7 +275,7 @@ class TrackingSocket(Socket):
         if not self.count_in(user):
             return
         self.parcel_id = parcel_id
-        snapshot = self.hub.subscribe(self, parcel)
+        snapshot = self.hub.subscribe(self, parcel, loaded=known is None)
         self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"]))
         if snapshot:
             self.send_text(snapshot)

@@ -57,6 +57,16 @@ class RouteSocket(Subscriber, Protocol):
     parcels: list[int]  # the driver's active parcels, in route order: the hub keeps it
 
 
+def stored_location(parcel: dict[str, Any]) -> dict[str, Any] | None:
+    """A parcel's stored last location as a location_update (the snapshot when none is live)."""
+    last = parcel.get("last_location")
+    if not last:
+        return None
+    location = {"lat": last["lat"], "lng": last["lng"], "address": last.get("address", "")}
+    driver_id = last.get("driver_id", parcel.get("driver_id"))
+    return protocol.location_message(parcel["_id"], driver_id, location, iso(last["timestamp"]))
+
+
 @dataclass(frozen=True)
 class ParcelState:
     """What the hub knows of a parcel with subscribers, for every message's check."""
@@ -66,11 +76,19 @@ class ParcelState:
     checked: float  # when it was last read from the database (time.monotonic)
     pickup: dict[str, Any]
     destination: dict[str, Any]
+    parcel_id: int = 0
+    owner_id: int | None = None
+    stored: dict[str, Any] | None = None  # its stored last location, as a location_update, when read
 
     @classmethod
     def of(cls, parcel: dict[str, Any]) -> ParcelState:
         return cls(parcel.get("driver_id"), parcel["status"], time.monotonic(), parcel["pickup"],
-                   parcel["destination"])
+                   parcel["destination"], parcel["_id"], parcel.get("owner_id"), stored_location(parcel))
+
+    def parcel(self) -> dict[str, Any]:
+        """The parcel as far as a socket's checks need it (models.access.can_view)."""
+        return {"_id": self.parcel_id, "owner_id": self.owner_id, "driver_id": self.driver_id,
+                "status": self.status, "pickup": self.pickup, "destination": self.destination}
 
     @property
     def finished(self) -> bool:
@@ -113,6 +131,7 @@ class Hub:
         self._unsaved: dict[int, Position] = {}
         self._board_sent: dict[int, float] = {}  # when each parcel's location last went to the boards
         self._board_waiting: dict[int, str] = {}  # the latest location held back from the boards
+        self._users: dict[int, tuple[User, float]] = {}  # users seen at handshakes, with when
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -133,13 +152,32 @@ class Hub:
 
     # -- subscribers -------------------------------------------------------
 
-    def subscribe(self, subscriber: Subscriber, parcel: dict[str, Any]) -> str | None:
-        """Add a subscriber; returns the snapshot to send it (the latest location), if any."""
+    def known_user(self, user_id: int) -> User | None:
+        """A user read for a handshake within `state_ttl` (their sessions ending forgets them at once)."""
+        seen = self._users.get(user_id)
+        return seen[0] if seen is not None and time.monotonic() - seen[1] <= self.state_ttl else None
+
+    def remember_user(self, user: User) -> None:
+        now = time.monotonic()
+        if len(self._users) >= 10_000:
+            self._users = {i: seen for i, seen in self._users.items() if now - seen[1] <= self.state_ttl}
+        self._users[user.id] = (user, now)
+
+    def known(self, parcel_id: int) -> ParcelState | None:
+        """What the hub holds of a parcel, if it was read or kept up to date within `state_ttl`
+        (a socket's handshake then needs no database read)."""
+        state = self._states.get(parcel_id)
+        return state if state is not None and time.monotonic() - state.checked <= self.state_ttl else None
+
+    def subscribe(self, subscriber: Subscriber, parcel: dict[str, Any], loaded: bool = True) -> str | None:
+        """Add a subscriber of a parcel just read from the database (`loaded`) or `known()`;
+        returns the snapshot to send it (the latest location), if any."""
         parcel_id = parcel["_id"]
         self._subscribers.setdefault(parcel_id, set()).add(subscriber)
         self._by_user.setdefault(subscriber.user.id, set()).add(subscriber)
-        self._states[parcel_id] = ParcelState.of(parcel)
-        latest = self._latest.get(parcel_id) or self._stored_location(parcel)
+        if loaded or parcel_id not in self._states:
+            self._states[parcel_id] = ParcelState.of(parcel)
+        latest = self._latest.get(parcel_id) or self._states[parcel_id].stored
         return latest and protocol.encode(latest, viewer=subscriber.user.role == VIEWER)
 
     def unsubscribe(self, subscriber: Subscriber, parcel_id: int | None = None) -> None:
@@ -199,20 +237,11 @@ class Hub:
         self._by_user.setdefault(board.user.id, set()).add(board)
         entries = []
         for parcel in active:
-            latest = self._latest.get(parcel["_id"]) or self._stored_location(parcel)
+            latest = self._latest.get(parcel["_id"]) or stored_location(parcel)
             entries.append(protocol.board_entry(
                 parcel["_id"], parcel["status"], parcel.get("driver_id"),
                 latest["location"] if latest else None, latest["timestamp"] if latest else None))
         return protocol.board(entries)
-
-    @staticmethod
-    def _stored_location(parcel: dict[str, Any]) -> dict[str, Any] | None:
-        last = parcel.get("last_location")
-        if not last:
-            return None
-        location = {"lat": last["lat"], "lng": last["lng"], "address": last.get("address", "")}
-        driver_id = last.get("driver_id", parcel.get("driver_id"))
-        return protocol.location_message(parcel["_id"], driver_id, location, iso(last["timestamp"]))
 
     def subscriber_count(self, parcel_id: int) -> int:
         return len(self._subscribers.get(parcel_id, ()))
@@ -312,7 +341,8 @@ class Hub:
         move it between drivers' routes."""
         self.broker.publish({
             "kind": "parcel", "parcel_id": parcel["_id"], "status": parcel["status"],
-            "driver_id": parcel.get("driver_id"), "pickup": parcel["pickup"], "destination": parcel["destination"],
+            "driver_id": parcel.get("driver_id"), "owner_id": parcel["owner_id"],
+            "pickup": parcel["pickup"], "destination": parcel["destination"],
             "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
         })
 
@@ -357,7 +387,8 @@ class Hub:
             self._revoke_driver(parcel_id, event["revoke_driver_id"])
         finished = status in parcels.FINISHED
         if driver_id is not None and not finished:
-            state = ParcelState(driver_id, status, time.monotonic(), event["pickup"], event["destination"])
+            state = ParcelState(driver_id, status, time.monotonic(), event["pickup"], event["destination"], parcel_id,
+                                event["owner_id"])
             for socket in list(self._routes.get(driver_id, ())):
                 if parcel_id not in socket.parcels:
                     self._add_to_route(socket, parcel_id, state)
@@ -428,7 +459,8 @@ class Hub:
         position and forget its journey."""
         state = self._states.get(parcel_id)
         if state is not None:
-            self._states[parcel_id] = replace(state, driver_id=driver_id, status=status)
+            stored = self._latest.get(parcel_id, state.stored) if status in parcels.FINISHED else state.stored
+            self._states[parcel_id] = replace(state, driver_id=driver_id, status=status, stored=stored)
         if status in parcels.FINISHED:
             if parcel_id in self._unsaved:
                 self._save_unsaved(parcel_id)
@@ -438,6 +470,7 @@ class Hub:
             self._board_sent.pop(parcel_id, None)
 
     def _end_sessions(self, user_id: int) -> None:
+        self._users.pop(user_id, None)
         for subscriber in list(self._by_user.get(user_id, ())):
             for parcel_id in [p for p, subs in self._subscribers.items() if subscriber in subs]:
                 self._remove(subscriber, parcel_id)
