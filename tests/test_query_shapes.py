@@ -20,17 +20,17 @@ from typing import Any
 
 import pytest
 
-from auth import passwords
-from models import locations, parcels, users
+from auth import passwords, tokens
+from models import locations, parcels, shares, users
 from models.access import User
 from models.db import utcnow
-from tests.conftest import World
+from tests.conftest import TEST_SECRET, World
 
 PARCELS = 20_000
 USERS = 10_000
 SAMPLES = 20_000
 SLOW_MS = 120  # a scan here takes several hundred ms; an indexed query a few
-MODULES = (parcels, users, locations)
+MODULES = (parcels, users, locations, shares)
 
 
 async def seed(world: World) -> dict[str, Any]:
@@ -162,6 +162,11 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     assert len(rows) == 50 and cursor is not None
     await parcels.active_first(db, {"owner_id": owner.id}, limit=50, finished=True)
     await parcels.active_for_driver(db, mover.id)
+    assert len(await parcels.all_active(db)) == sum(d["status"] in parcels.ACTIVE for d in data["parcels"])
+    await shares.revoke(db, moving["_id"])
+    moving = await parcels.get_parcel(db, moving["_id"])
+    link = tokens.issue_share(moving["_id"], shares.version(moving), int(time.time()) + 60, TEST_SECRET)
+    assert await shares.resolve(db, tokens.verify_share(link, TEST_SECRET), utcnow())
     page = await locations.history(db, moving, limit=100)
     assert len(page.locations) == 100 and page.next_since is not None
     await locations.history(db, moving, since=page.next_since)
@@ -184,6 +189,7 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
         (dispatcher, "/dispatch?status=all"), (dispatcher, "/dispatch?status=active"),
         (dispatcher, f"/dispatch?q={owner.email}"), (dispatcher, f"/dispatch?q={mover.email}&status=all"),
         (dispatcher, f"/dispatch?q={moving['_id']}"), (dispatcher, f"/dispatch?assigned={parcel['_id']}"),
+        (None, f"/t/{link}"),
     ]:
         response = await world.page(path, who)
         assert response.code == 200, (path, response.code)
@@ -192,7 +198,7 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
         (dispatcher, "/api/parcels/?status=cancelled"), (dispatcher, "/api/parcels/?active=1"),
         (owner, "/api/parcels/"), (mover, "/api/parcels/?active=1"),
         (owner, f"/api/parcels/{moving['_id']}/"), (owner, f"/api/parcels/{moving['_id']}/locations/"),
-        (owner, f"/api/parcels/{moving['_id']}/locations/?limit=10"),
+        (owner, f"/api/parcels/{moving['_id']}/locations/?limit=10"), (None, f"/t/{link}/locations?limit=10"),
     ]:
         response = await world.api("GET", path, who)
         assert response.code == 200, (path, response.code)
