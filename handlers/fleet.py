@@ -17,12 +17,11 @@ NOT_ON_ROUTE = "parcel_id is not one of your active parcels"
 class RouteSocket(Socket):
     """`/ws/driver/`: one fix for every one of the driver's active parcels."""
 
+    __slots__ = ()
     kind = "driver"
     roles = ("driver",)
-    parcels: list[int]
 
     async def open(self) -> None:
-        self.parcels = []
         user = await self.authenticate()
         found = user and await self.read(parcels.active_for_driver(self.application.db, user.id))
         if not found or not self.count_in(user):
@@ -58,6 +57,7 @@ class RouteSocket(Socket):
 class BoardSocket(Socket):
     """`/ws/dispatch/`: every active parcel, then every status and (conflated) location."""
 
+    __slots__ = ()
     kind = "dispatch"
     roles = ("dispatcher",)
 

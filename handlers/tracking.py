@@ -16,6 +16,7 @@ from typing import Any
 import pymongo
 import tornado.websocket
 from pymongo.errors import PyMongoError
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from auth import tokens
@@ -57,16 +58,18 @@ class StrictProtocol(tornado.websocket.WebSocketProtocol13):
     would drop the TCP connection without a close frame. A client's frames must be masked
     (RFC 6455 §5.1), which Tornado does not check: an unmasked one closes with 1002 too."""
 
-    _frame_start = False
+    # "The next bytes read are a frame's header" lives in `_masked_frame`, an attribute
+    # Tornado's __init__ creates and its reader never uses: a new attribute would grow every
+    # socket's instance dict by about 1.5 KiB (README, "Performance").
 
     async def _receive_frame(self) -> None:
-        self._frame_start = True  # the next two bytes read are a frame's header
+        self._masked_frame = True
         await super()._receive_frame()
 
     async def _read_bytes(self, n: int) -> bytes:
         data = await super()._read_bytes(n)
-        if self._frame_start:
-            self._frame_start = False
+        if self._masked_frame:
+            self._masked_frame = False
             if not data[1] & 0x80:
                 self._abort()
                 raise StreamClosedError()
@@ -94,8 +97,9 @@ class Socket(tornado.websocket.WebSocketHandler):
     """What every socket of the product shares: origin and frame rules, authentication,
     rate and socket limits, and the hub's side of a subscriber (`send_text`, `revoke`)."""
 
-    user: User | None = None
-    _counted: str | None = None  # the address this socket is counted under in `Limits`
+    # A socket's own fields live in slots: added to Tornado's already large instance dict,
+    # they would grow every open socket by about 1.5 KiB (README, "Performance").
+    __slots__ = ("user", "_counted", "_recent", "parcel_id", "parcels")
     kind = "tracking"  # its label in /metrics and in the hub
     roles: tuple[str, ...] = ()  # who may open it (empty: anyone the parcel's rules allow)
 
@@ -114,8 +118,14 @@ class Socket(tornado.websocket.WebSocketHandler):
         protocol = super().get_websocket_protocol()
         return None if protocol is None else StrictProtocol(self, False, protocol.params)
 
+    def initialize(self) -> None:
+        self.user: User | None = None
+        self._counted: str | None = None  # the address this socket is counted under in `Limits`
+        self._recent: deque[float] | None = None  # when its recent messages came (made at its first)
+        self.parcel_id: int | None = None  # a parcel's socket: its parcel
+        self.parcels: list[int] = []  # a route socket: the driver's active parcels (the hub keeps it)
+
     def prepare(self) -> None:
-        self._recent: deque[float] = deque()
         apply_forwarded(self.request, self.application.config.trusted_proxies)
 
     async def read(self, *reads: Awaitable[Any]) -> list[Any] | None:
@@ -164,7 +174,16 @@ class Socket(tornado.websocket.WebSocketHandler):
             self._reject(CLOSE_TOO_MANY, refused)
             return False
         self._counted, self.user = address, user
+        self._forget_request()
         return True
+
+    def _forget_request(self) -> None:
+        """Drop what the handshake needed and an open socket does not: its headers and query
+        (the token among them), a few KiB per socket (README, "Performance")."""
+        request = self.request
+        request.headers = HTTPHeaders()
+        request.query_arguments = request.arguments = {}
+        request.uri, request.query = request.path, ""
 
     def on_message(self, message: str | bytes) -> None:
         if self.user is None or self.ws_connection is None or self.ws_connection.is_closing():
@@ -186,6 +205,8 @@ class Socket(tornado.websocket.WebSocketHandler):
 
     def _check_rate(self) -> None:
         now = time.monotonic()
+        if self._recent is None:
+            self._recent = deque()
         while self._recent and self._recent[0] <= now - RATE_WINDOW:
             self._recent.popleft()
         if len(self._recent) >= RATE_LIMIT:
@@ -250,7 +271,7 @@ class Socket(tornado.websocket.WebSocketHandler):
 class TrackingSocket(Socket):
     """One parcel's socket: its driver sends, its owner, dispatchers and share-link viewers watch."""
 
-    parcel_id: int | None = None
+    __slots__ = ()
 
     async def open(self) -> None:
         raw_id = self._argument("parcel_id")
