@@ -19,7 +19,7 @@ from handlers.base import LOGIN_COOKIE, BaseHandler, Refused, retry_after
 from models import parcels, users
 from models.access import User, can_share, may_drive
 from models.db import MAX_ID, iso, parse_id
-from models.locations import MAX_HISTORY_PAGE
+from models.locations import EARLIEST_FIX, MAX_HISTORY_PAGE
 from realtime.protocol import MAX_BATCH
 from settings import Settings
 
@@ -47,8 +47,9 @@ DRIVER_TEXTS = {
 WEAK_GPS = "Weak GPS: your position is not precise right now, so the map does not move to it."
 BOARD_STALE_AFTER = 60  # seconds without a report before the board highlights a truck
 LAST_SEEN_AFTER = 30  # seconds without a fix before a map fades the truck and says when it was last seen
+MAX_OFFLINE_AGE = int(EARLIEST_FIX.total_seconds())  # seconds a queued fix may wait before the server refuses it
 PAGE_SIZE = 50
-CLIENT_MAP_PARCELS = 100  # active parcels a client's map shows at once
+CLIENT_MAP_PARCELS = 50  # active parcels a client's map shows at once (a socket each, under the 100 a user may open)
 RECENT_FINISHED = 20  # finished parcels the driver's page lists
 # The dispatch page's status filter: value → (label, the statuses it shows: None for all of them).
 DISPATCH_FILTER_LABELS: dict[str, tuple[str, tuple[str, ...] | None]] = {
@@ -123,7 +124,7 @@ def page_rules(config: Settings | None = None, **more: Any) -> str:
     `data-rules` attribute: the scripts keep no copy of their own."""
     rules = {"labels": STATUS_LABELS, "finished": sorted(parcels.FINISHED), "en_route": list(parcels.EN_ROUTE),
              "status_order": list(parcels.STATUSES), "last_seen_after_s": LAST_SEEN_AFTER,
-             "history_page": MAX_HISTORY_PAGE, **more}
+             "history_page": MAX_HISTORY_PAGE, "send_every_s": DRIVER_SEND_EVERY, **more}
     if config is not None:
         rules["geofence_radius_m"] = config.geofence_radius_m
     return json.dumps(rules)
@@ -181,7 +182,9 @@ def map_parcel(parcel: dict[str, Any], private: bool = True) -> dict[str, Any]:
     public = parcels.public(parcel)
     for end in ("pickup", "destination"):  # copies: the parcel's own dicts stay as stored
         public[end] = {**public[end], "label": place_text(parcel[end])}
-    if not private:
+    if private:
+        public["track_url"] = f"/parcels/{parcel['_id']}/track"
+    else:
         del public["owner_id"], public["driver_id"]
     return public
 
@@ -387,8 +390,9 @@ class DriverParcelsPage(PageHandler):
                                            statuses=sorted(parcels.FINISHED))
         self.page("driver.html", active=[{**parcel_view(p), "steps": driver_steps(p)} for p in active],
                   finished=[parcel_view(p) for p in finished.parcels],
-                  rules_json=page_rules(self.config, texts=DRIVER_TEXTS, send_every_s=DRIVER_SEND_EVERY,
-                                        weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH),
+                  rules_json=page_rules(self.config, texts=DRIVER_TEXTS,
+                                        weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH,
+                                        max_offline_age_s=MAX_OFFLINE_AGE),
                   ws_url=self.config.public_ws_url)
 
 
@@ -407,8 +411,9 @@ class DriverParcelPage(PageHandler):
             parcel=view,
             steps=steps,
             help_text=finished if view["finished"] else DRIVER_TEXTS["help_off"],
-            rules_json=page_rules(self.config, texts=DRIVER_TEXTS, send_every_s=DRIVER_SEND_EVERY,
-                                  weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH),
+            rules_json=page_rules(self.config, texts=DRIVER_TEXTS,
+                                  weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH,
+                                  max_offline_age_s=MAX_OFFLINE_AGE),
             ws_url=self.config.public_ws_url,
         )
 

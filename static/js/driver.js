@@ -6,15 +6,24 @@
  * at once when the first fix comes), the screen kept awake where the Screen
  * Wake Lock API exists. Off stops sending and closes the socket. The status
  * buttons call POST /api/parcels/<id>/status/ with the page's XSRF token.
+ *
+ * Fixes taken while the socket is down wait in the offline queue (IndexedDB, one queue
+ * per driver and parcel) and go out as one location_batch with this parcel's id once
+ * it is live again (outbox.js; the shift page /driver does the same for all parcels).
+ * An echoed fix with quality "low" shows the "weak GPS" warning.
  */
 
+import { onLogout } from "./logout.js";
+import { OfflineQueue } from "./offline-queue.js";
+import { Outbox } from "./outbox.js";
 import { loginUrl, TrackingSocket } from "./tracking-socket.js";
 import { clock, dataJSON, duration, everySecond, showConnection, showStatus, toast } from "./ui.js";
 
 const root = document.getElementById("driver");
 const parcelId = Number(root.dataset.parcelId);
 // The server's rules and texts (handlers/pages.py), not copies of them.
-const { labels, finished, texts, send_every_s: sendEvery } = dataJSON(root, "rules");
+const rules = dataJSON(root, "rules");
+const { labels, finished, texts, send_every_s: sendEvery } = rules;
 const FINISHED = new Set(finished);
 const SEND_EVERY_MS = sendEvery * 1000;
 const xsrfToken = document.querySelector('meta[name="xsrf-token"]').content;
@@ -28,6 +37,7 @@ let watchId = null;
 let sendTimer = null;
 let fix = null; // the latest GeolocationPosition
 let lastSent = null; // when the latest fix went out (ms)
+let everLive = false; // the socket has been live since tracking was turned on
 let wakeLock = null;
 let wasHidden = false;
 
@@ -76,11 +86,23 @@ function setStatus(next) {
 
 function sendNow() {
   if (!tracking || !fix) return;
+  if (socket.state === "live") everLive = true;
+  else if (!everLive && navigator.onLine !== false) return; // still opening: sent once live, not queued
   const c = fix.coords;
-  if (socket.sendLocationUpdate(c.latitude, c.longitude, { accuracy: c.accuracy, heading: c.heading, speed: c.speed })) {
-    lastSent = Date.now();
-    showLastSent();
-  }
+  outbox.deliver({ lat: c.latitude, lng: c.longitude, accuracy: c.accuracy, heading: c.heading, speed: c.speed })
+    .catch((error) => toast(`Could not keep a position: ${error.message}`, "error"));
+}
+
+function showWaiting(count) {
+  const box = $("queue-count");
+  box.hidden = count === 0;
+  box.textContent = `${count} ${count === 1 ? "position" : "positions"} waiting to be sent`;
+}
+
+function showQuality(message) {
+  const weak = message.quality === "low" && Boolean(rules.weak_gps_text);
+  $("weak-gps").hidden = !weak;
+  $("weak-gps").textContent = weak ? rules.weak_gps_text : "";
 }
 
 function onFix(position) {
@@ -155,10 +177,11 @@ function start() {
   showProblem("");
   tracking = true;
   fix = null;
+  everLive = false;
   showTracking();
   socket.connect();
   watchId = navigator.geolocation.watchPosition(onFix, onFixError, { enableHighAccuracy: true, maximumAge: 0, timeout: 30000 });
-  sendTimer = setInterval(sendNow, SEND_EVERY_MS);
+  sendTimer = setInterval(() => sendNow(), SEND_EVERY_MS);
   keepAwake();
 }
 
@@ -178,14 +201,37 @@ const socket = new TrackingSocket({
   wsUrl: root.dataset.wsUrl,
   onState(state, detail) {
     showConnection(state, detail);
-    if (state === "live") sendNow(); // a fix that came while connecting goes out now
+    if (state === "live") {
+      outbox.flush(); // what waited while offline goes first, then the latest fix
+      sendNow();
+    }
     if (state === "error" && tracking) {
       stop();
       showProblem(`Tracking stopped: ${detail}`);
     }
   },
   onStatus: (next) => { if (next !== status) setStatus(next); },
+  onLocation: (location, message) => showQuality(message),
   onError: (text) => toast(text, "error", 8000),
+});
+
+// Without the server's limit for it (rules.max_offline_fixes), nothing is queued: fixes taken offline are dropped.
+const queue = rules.max_offline_fixes
+  ? new OfflineQueue(`parcel:${root.dataset.driverId}:${parcelId}`, {
+    max: rules.max_offline_fixes,
+    maxAgeMs: rules.max_offline_age_s ? rules.max_offline_age_s * 1000 : undefined, // absent: the server judges age
+  })
+  : null;
+const outbox = new Outbox({
+  socket,
+  queue,
+  parcelId,
+  onWaiting: showWaiting,
+  onSent(count, batched) {
+    lastSent = Date.now();
+    showLastSent();
+    if (batched) toast(`Sent ${count} ${count === 1 ? "position" : "positions"} kept while offline`, "success");
+  },
 });
 
 toggle.addEventListener("click", () => (tracking ? stop() : start()));
@@ -219,4 +265,6 @@ for (const button of stepButtons) button.addEventListener("click", () => changeS
 showConnection("offline", "turn tracking on to connect");
 showTracking();
 everySecond(showLastSent);
+outbox.countWaiting().catch(() => {});
 window.addEventListener("pagehide", () => { if (tracking) stop(); });
+onLogout(() => { if (tracking) stop(); });

@@ -1,40 +1,52 @@
 /**
- * The live map of one parcel (/parcels/<id>/track), read-only.
+ * The recipient's live map of one parcel, read-only, in two modes: the track page
+ * (/parcels/<id>/track, logged in) and the share page (/t/<token>, no login; the
+ * `data-share-token` attribute says so and the socket uses that token).
  *
- * Pickup, destination and the driver's truck on a Leaflet map; the truck
- * glides to each new position (the one marker is moved, never re-created);
- * the map frames everything once and then keeps the view the person chose,
- * unless "Follow driver" is on. The connection pill, "updated … ago", the
- * status and toasts are all text.
+ * Both show the status, the pickup and destination, the driver's truck gliding from fix
+ * to fix (glide.js; it fades with "Last seen … ago" when the fixes stop), the driven path
+ * from the history extended live (path.js) with a replay control (replay.js), the ETA
+ * (eta.js), "Driver is nearby" on a geofence entry, the status timeline (timeline.js) and
+ * notifications while the tab is hidden (notify.js). The track page adds the share
+ * controls (share.js) for those who may share; the share page turns to "This link is no
+ * longer valid" when its socket is refused, or shows the final status when the parcel
+ * finished. The map frames everything once and then keeps the view the person chose,
+ * unless "Follow driver" is on.
  */
 
+import { etaDetail, etaSentence } from "./eta.js";
+import { Truck } from "./glide.js";
 import { addLegend, marker } from "./markers.js";
+import { Notifier } from "./notify.js";
+import { DrivenPath, metres } from "./path.js";
+import { Replay } from "./replay.js";
+import { shareControls } from "./share.js";
+import { Timeline } from "./timeline.js";
 import { TrackingSocket } from "./tracking-socket.js";
 import { dataJSON, duration, everySecond, showConnection, showStatus, toast } from "./ui.js";
 
 const L = window.L;
-const GLIDE_MS = 1000;
-const STALE_AFTER_MS = 30000;
 const OSM_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors';
 
-const root = document.getElementById("tracker");
+const $ = (id) => document.getElementById(id);
+const root = $("tracker");
 const parcel = dataJSON(root, "parcel");
 // The server's rules (handlers/pages.py), not copies of them.
-const { labels, finished, en_route: enRoute } = dataJSON(root, "rules");
-const FINISHED = new Set(finished);
-const ROUTE_STATUSES = new Set(enRoute); // heading for the destination
-const followBox = document.getElementById("follow");
-const positionText = document.getElementById("driver-position");
-const updatedText = document.getElementById("updated");
-const staleBadge = document.getElementById("stale");
+const rules = dataJSON(root, "rules");
+const labels = rules.labels;
+const FINISHED = new Set(rules.finished);
+const ROUTE_STATUSES = new Set(rules.en_route); // heading for the destination
+const STALE_AFTER_MS = rules.last_seen_after_s * 1000; // no fix for this long: the truck fades, "Last seen … ago"
+const shareToken = root.dataset.shareToken || "";
+const followBox = $("follow");
 
 let status = parcel.status;
 let lastTimestamp = null; // the server's timestamp of the position shown
-let driverMarker = null;
-let glide = null;
+let eta = null; // the latest broadcast's ETA
 let framed = false; // pickup, destination and driver framed once
 let userMoved = false;
 let programmatic = false;
+let ended = false; // a share page whose socket was refused
 
 // -- the map --------------------------------------------------------------------
 
@@ -49,9 +61,16 @@ addLegend(map);
 
 const pickup = L.latLng(parcel.pickup.lat, parcel.pickup.lng);
 const destination = L.latLng(parcel.destination.lat, parcel.destination.lng);
-marker("pickup", pickup, `Pickup: ${parcel.pickup.label}`).addTo(map);
-marker("destination", destination, `Destination: ${parcel.destination.label}`).addTo(map);
-const travelled = L.polyline([], { className: "route-line route-done", interactive: false });
+const pickupLabel = parcel.pickup.label || parcel.pickup.address || "";
+const destinationLabel = parcel.destination.label || parcel.destination.address || "";
+if (rules.geofence_radius_m) { // the zones in which "Driver is nearby" is said
+  for (const [where, kind] of [[pickup, "pickup"], [destination, "destination"]]) {
+    L.circle(where, { radius: rules.geofence_radius_m, className: `geofence geofence-${kind}`, interactive: false })
+      .addTo(map);
+  }
+}
+marker("pickup", pickup, `Pickup: ${pickupLabel}`).addTo(map);
+marker("destination", destination, `Destination: ${destinationLabel}`).addTo(map);
 const ahead = L.polyline([], { className: "route-line route-ahead", interactive: false });
 
 function withoutUserMove(fn) {
@@ -61,7 +80,7 @@ function withoutUserMove(fn) {
 
 function frame() {
   const points = [pickup, destination];
-  if (driverMarker) points.push(driverMarker.getLatLng());
+  if (truck.latLng) points.push(truck.latLng);
   withoutUserMove(() => map.fitBounds(L.latLngBounds(points), { padding: [48, 48], maxZoom: 16, animate: false }));
 }
 
@@ -75,89 +94,127 @@ map.on("moveend", () => {
 map.on("zoomstart movestart", () => { if (!programmatic) userMoved = true; });
 map.on("dragstart", () => {
   userMoved = true;
-  if (followBox.checked) {
+  if (followBox && followBox.checked) {
     followBox.checked = false;
     toast("Stopped following the driver");
   }
 });
-followBox.addEventListener("change", () => {
-  if (followBox.checked && driverMarker) map.panTo(driverMarker.getLatLng());
+followBox?.addEventListener("change", () => {
+  if (followBox.checked && truck.latLng) map.panTo(truck.latLng);
 });
 
-function drawRoute() {
+/** The dashed line still to drive, from the truck to the destination, while en route. */
+function drawAhead() {
   const show = ROUTE_STATUSES.has(status);
-  for (const line of [travelled, ahead]) {
-    if (show && !map.hasLayer(line)) line.addTo(map);
-    if (!show && map.hasLayer(line)) line.remove();
-  }
-  if (!show) return;
-  const here = driverMarker ? driverMarker.getLatLng() : null;
-  travelled.setLatLngs(here ? [pickup, here] : []);
-  ahead.setLatLngs([here || pickup, destination]);
+  if (show && !map.hasLayer(ahead)) ahead.addTo(map);
+  if (!show && map.hasLayer(ahead)) ahead.remove();
+  if (show) ahead.setLatLngs([truck.latLng || pickup, destination]);
 }
 
-// -- the driver's truck ---------------------------------------------------------
+// -- the truck, the path and the replay ------------------------------------------------
 
-function stopGlide() {
-  if (!glide) return;
-  cancelAnimationFrame(glide.raf);
-  clearTimeout(glide.timer);
-  glide = null;
+const truck = new Truck(map, (latlng) => {
+  drawAhead();
+  if (followBox && followBox.checked) withoutUserMove(() => map.panTo(latlng, { animate: false }));
+}, rules.send_every_s * 1000);
+
+let replay = null;
+const path = new DrivenPath(map, root.dataset.historyUrl, rules.history_page, () => replay?.update());
+replay = new Replay(map, path, {
+  box: $("replay"), play: $("replay-play"), slider: $("replay-slider"), time: $("replay-time"), live: $("replay-live"),
+}, (replaying) => truck.dim(replaying));
+
+function moveTruck(location, timestamp) {
+  truck.moveTo(location.lat, location.lng, timestamp);
+  if (!framed && !userMoved) frame();
+  framed = true;
 }
 
-/** Put the truck at its target and say where it is (data-lat/data-lng: the position reached). */
-function place(lat, lng) {
-  stopGlide();
-  driverMarker.setLatLng([lat, lng]);
-  const el = driverMarker.getElement();
-  if (el) Object.assign(el.dataset, { lat: String(lat), lng: String(lng) });
-  drawRoute();
-}
+// -- what the panel says ----------------------------------------------------------------
 
-/** Move the truck over GLIDE_MS with requestAnimationFrame (at once when the page is hidden). */
-function moveDriver(lat, lng) {
-  if (!driverMarker) {
-    driverMarker = marker("driver", [lat, lng], "Driver", { zIndexOffset: 1000 }).addTo(map);
-    place(lat, lng);
-    if (!framed && !userMoved) frame();
-    framed = true;
-    return;
-  }
-  const from = driverMarker.getLatLng();
-  stopGlide();
-  if (followBox.checked) map.panTo([lat, lng], { duration: GLIDE_MS / 1000 });
-  if (document.hidden || (from.lat === lat && from.lng === lng)) {
-    place(lat, lng);
-    return;
-  }
-  const start = performance.now();
-  const step = (now) => {
-    const k = Math.min(1, (now - start) / GLIDE_MS);
-    const e = k < 0.5 ? 2 * k * k : 1 - (-2 * k + 2) ** 2 / 2; // ease in and out
-    if (k >= 1) return place(lat, lng);
-    driverMarker.setLatLng([from.lat + (lat - from.lat) * e, from.lng + (lng - from.lng) * e]);
-    drawRoute();
-    glide.raf = requestAnimationFrame(step);
-  };
-  // The timer lands the truck even if animation frames stop (a throttled background tab).
-  glide = { raf: requestAnimationFrame(step), timer: setTimeout(() => place(lat, lng), GLIDE_MS + 500) };
-}
+const timeline = new Timeline($("timeline"), { labels, order: rules.status_order, finished: FINISHED },
+  parcel.timeline);
+timeline.render();
 
 function showPosition(location, timestamp) {
-  const coords = `${location.lat.toFixed(5)}, ${location.lng.toFixed(5)}`;
-  positionText.textContent = location.address ? `${location.address} (${coords})` : coords;
-  Object.assign(positionText.dataset, { lat: String(location.lat), lng: String(location.lng) });
+  const text = $("driver-position");
+  if (text) {
+    const coords = `${location.lat.toFixed(5)}, ${location.lng.toFixed(5)}`;
+    text.textContent = location.address ? `${location.address} (${coords})` : coords;
+    Object.assign(text.dataset, { lat: String(location.lat), lng: String(location.lng) });
+  }
   lastTimestamp = timestamp;
   tick();
 }
 
+/** Whether the latest fix is too old to show the truck (and its ETA) as current. */
+function stale() {
+  return Boolean(lastTimestamp) && !FINISHED.has(status) && Date.now() - Date.parse(lastTimestamp) > STALE_AFTER_MS;
+}
+
+/** The ETA sentence, or nothing: unknown, finished, or no fresh fix to base it on. */
+function showEta() {
+  const box = $("eta");
+  if (!box) return;
+  const sentence = FINISHED.has(status) || stale() ? "" : etaSentence(eta);
+  box.hidden = !sentence;
+  $("eta-text").textContent = sentence;
+  $("eta-detail").textContent = sentence ? etaDetail(eta) : "";
+}
+
+/** "Driver is nearby" (a geofence entry), or hidden (an exit, a finished parcel). */
+function showNearby(zone) {
+  const box = $("nearby");
+  if (!box) return;
+  box.hidden = !zone || FINISHED.has(status);
+  box.dataset.zone = zone || "";
+  $("nearby-detail").textContent = zone ? `Close to the ${zone === "pickup" ? "pickup" : "destination"}.` : "";
+}
+
 function tick() {
+  showEta();
   if (!lastTimestamp) return;
   const age = Date.now() - Date.parse(lastTimestamp);
-  updatedText.textContent = `Updated ${duration(age)} ago`;
-  const stale = age > STALE_AFTER_MS && !FINISHED.has(status);
-  staleBadge.hidden = !stale;
-  updatedText.classList.toggle("is-stale", stale);
+  const old = stale();
+  const updated = $("updated");
+  updated.textContent = `Updated ${duration(age)} ago`;
+  updated.classList.toggle("is-stale", old);
+  $("stale").hidden = !old;
+  truck.fade(old ? `Last seen ${duration(age)} ago` : null);
+}
+
+// -- notifications --------------------------------------------------------------------
+
+const notifier = new Notifier($("notify"), $("notify-note"), root.dataset.swUrl);
+const parcelName = `Parcel #${parcel.id}`;
+
+// -- the share page's end -----------------------------------------------------------------
+
+/** A finished parcel: its final status and when, in words; no ETA, no "nearby". */
+function showFinished() {
+  const note = $("finished-note");
+  if (!note || !FINISHED.has(status)) return;
+  const at = timeline.timeOf(status);
+  const time = at ? ` on ${new Date(at).toLocaleString([], { dateStyle: "medium", timeStyle: "short" })}` : "";
+  note.textContent = `${labels[status] || status}${time}. Tracking has ended.`;
+  note.hidden = false;
+  eta = null;
+  showEta();
+  showNearby(null);
+}
+
+/** The share socket was refused (revoked, expired, or the parcel finished): say which. */
+function endShare() {
+  if (ended) return;
+  ended = true;
+  if (FINISHED.has(status)) { // nothing went wrong: the parcel arrived (or was cancelled), tracking is over
+    showConnection("offline", "");
+    return showFinished();
+  }
+  replay.leave();
+  $("share-live").hidden = true;
+  $("link-ended").hidden = false;
+  document.title = $("link-ended-title").textContent;
 }
 
 // -- the socket -------------------------------------------------------------------
@@ -167,6 +224,7 @@ let lost = false;
 
 function onState(state, detail) {
   showConnection(state, detail);
+  if (state === "error" && shareToken) endShare();
   if (state === "live") {
     if (!everLive) toast("Connected: live updates are on", "success");
     else if (lost) toast("Reconnected", "success");
@@ -178,37 +236,63 @@ function onState(state, detail) {
   }
 }
 
-function onStatus(next) {
+function onStatus(next, message) {
   if (next === status) return;
   status = next;
   showStatus(status, labels);
-  drawRoute();
+  timeline.add(status, message.timestamp);
+  drawAhead();
   tick();
-  toast(`Parcel status: ${labels[status] || status}`, "info");
+  showFinished();
+  const label = labels[status] || status;
+  toast(`Parcel status: ${label}`, "info");
+  if (message.type === "status") notifier.notify(`${parcelName}: ${label}`, "The parcel's status changed.", "status");
 }
 
 function onLocation(location, message) {
-  if (message.timestamp && message.timestamp === lastTimestamp) return; // the snapshot we already show
-  moveDriver(location.lat, location.lng);
-  showPosition(location, message.timestamp || new Date().toISOString());
+  if (message.quality === "low") return; // docs/protocol.md: a weak fix does not move the truck
+  if ("eta" in message) eta = message.eta;
+  if (message.timestamp && message.timestamp === lastTimestamp) return tick(); // the snapshot we already show
+  const timestamp = message.timestamp || new Date().toISOString();
+  moveTruck(location, timestamp);
+  path.addLive(location.lat, location.lng, timestamp);
+  showPosition(location, timestamp);
+}
+
+function onMessage(message) {
+  if (message.type !== "geofence") return;
+  if (message.event === "exit") return showNearby(null);
+  if (message.event !== "enter") return;
+  showNearby(message.zone);
+  const where = message.zone === "pickup" ? "the pickup" : "the destination";
+  notifier.notify("Driver is nearby", `${parcelName}: the driver is close to ${where}.`, `nearby-${message.zone}`);
 }
 
 if (parcel.last_location) {
   const last = parcel.last_location;
-  moveDriver(last.lat, last.lng); // the first position: adds the truck and frames all three
+  moveTruck(last, last.timestamp); // the first position: adds the truck and frames all three
   showPosition(last, last.timestamp);
+  // The geofence event of a crossing before the page opened is not sent again: the last
+  // position tells whether the driver is still within a zone.
+  const within = (point) => metres(last, point) <= rules.geofence_radius_m;
+  if (rules.geofence_radius_m) showNearby(within(destination) ? "destination" : within(pickup) ? "pickup" : null);
 } else {
   frame(); // pickup and destination now; the driver joins the frame when it first appears
 }
-drawRoute();
+drawAhead();
+showFinished();
 everySecond(tick);
+path.load();
+shareControls($("share-controls"), root.dataset.shareApi);
 
 const socket = new TrackingSocket({
   parcelId: parcel.id,
+  token: shareToken,
   wsUrl: root.dataset.wsUrl,
   onLocation,
   onStatus,
-  onError: (text) => toast(text, "error", 8000),
+  onMessage,
+  onError: (text) => { if (!shareToken) toast(text, "error", 8000); }, // a link's errors: the page says it whole
   onState,
 });
 socket.connect();

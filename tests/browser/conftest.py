@@ -27,6 +27,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 PASSWORD = "browser-pass"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# A truck glides to each fix over most of the driver's 5-second send interval, so a
+# position is reached up to about 5 s after it was sent: every expectation gets 10 s.
+expect.set_options(timeout=10_000)
 
 
 class AppServer(Server):

@@ -10,8 +10,9 @@ from playwright.sync_api import Page, expect
 from tests.browser.conftest import screenshot, truck
 
 DRIVER_START = {"latitude": 28.6, "longitude": 77.2, "accuracy": 8}
-DRIVER_NEXT = {"latitude": 28.59, "longitude": 77.21, "accuracy": 8}
-DRIVER_AFTER_OFF = {"latitude": 28.58, "longitude": 77.22, "accuracy": 8}
+DRIVER_NEXT = {"latitude": 28.599, "longitude": 77.201, "accuracy": 8}  # a drivable step (no low-quality jump)
+DRIVER_AFTER_OFF = {"latitude": 28.598, "longitude": 77.202, "accuracy": 8}
+ARRIVAL_MS = 13_000  # the next send (every 5 s), then the glide over the interval
 
 # Records every WebSocket a page opens, so a test can write on the page's own socket
 # from "the console" (the page exposes no handle to it).
@@ -93,7 +94,7 @@ def test_driver_tracking_moves_the_clients_truck(sessions, people):
     expect(state).to_have_text("On")
     expect(page.get_by_role("button", name=re.compile("^Tracking"))).to_have_attribute("aria-pressed", "true")
     expect(pill(page)).to_have_text("Live")
-    expect(truck(client.page)).to_have_attribute("data-lat", "28.6", timeout=7_000)
+    expect(truck(client.page)).to_have_attribute("data-lat", "28.6", timeout=ARRIVAL_MS)
     expect(truck(client.page)).to_have_attribute("data-lng", "77.2")
     expect(client.page.locator("#driver-position")).to_have_text("28.60000, 77.20000")
     expect(page.locator("#last-sent")).not_to_have_text("Not yet")
@@ -105,8 +106,8 @@ def test_driver_tracking_moves_the_clients_truck(sessions, people):
     expect(updated).not_to_have_text(before, timeout=3_000)  # it ticks
 
     driver.context.set_geolocation(DRIVER_NEXT)
-    expect(truck(client.page)).to_have_attribute("data-lat", "28.59", timeout=7_000)
-    expect(truck(client.page)).to_have_attribute("data-lng", "77.21")
+    expect(truck(client.page)).to_have_attribute("data-lat", "28.599", timeout=ARRIVAL_MS)
+    expect(truck(client.page)).to_have_attribute("data-lng", "77.201")
     expect(truck(client.page)).to_have_count(1)  # moved, never re-created
     screenshot(page, "driver-phone.png")
     screenshot(client.page, "client-map-desktop.png")
@@ -117,7 +118,7 @@ def test_driver_tracking_moves_the_clients_truck(sessions, people):
     driver.context.set_geolocation(DRIVER_AFTER_OFF)
     # Longer than a sending period with no update at all, shown by the client's own clock:
     expect(updated).to_have_text(re.compile(r"^Updated ([7-9]|\d\d) s ago$"), timeout=12_000)
-    expect(truck(client.page)).to_have_attribute("data-lat", "28.59")
+    expect(truck(client.page)).to_have_attribute("data-lat", "28.599")
     assert client.script_errors() == [] and driver.script_errors() == []
 
 

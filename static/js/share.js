@@ -1,0 +1,88 @@
+/**
+ * The track page's share controls (docs/protocol.md, "Share links"), shown only to
+ * people who may share (the parcel's owner, dispatchers): "Create share link" posts to
+ * the share API and shows the link in a read-only box with "Copy" (the Clipboard API,
+ * else the text is selected for the person to copy); "Revoke links" deletes every link of
+ * the parcel. Unsafe calls carry the page's XSRF token with the login cookie.
+ */
+
+const xsrfToken = () => document.querySelector('meta[name="xsrf-token"]')?.content || "";
+
+async function call(method, url) {
+  const response = await fetch(url, {
+    method,
+    credentials: "same-origin",
+    headers: { "X-XSRFToken": xsrfToken(), "Content-Type": "application/json" },
+    body: method === "POST" ? "{}" : undefined,
+  });
+  if (response.ok) return response.status === 204 ? null : response.json();
+  let message = `the server answered ${response.status}`;
+  try {
+    message = (await response.json()).error || message;
+  } catch {
+    // not JSON: keep the status
+  }
+  throw new Error(message);
+}
+
+function sentence(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1) + (/[.!?]$/.test(text) ? "" : ".");
+}
+
+/** Wire the controls in `box` (templates/_share_controls.html) to the share API at `api`. */
+export function shareControls(box, api) {
+  if (!box || !api) return;
+  const $ = (selector) => box.querySelector(selector);
+  const create = $("#share-create");
+  const revoke = $("#share-revoke");
+  const result = $("#share-result");
+  const input = $("#share-url");
+  const copy = $("#share-copy");
+  const message = $("#share-message");
+  const say = (text, kind = "") => {
+    message.textContent = text;
+    message.dataset.kind = kind;
+  };
+
+  create.addEventListener("click", async () => {
+    create.disabled = true;
+    try {
+      const link = await call("POST", api);
+      input.value = link.url;
+      result.hidden = false;
+      const until = new Date(link.expires_at).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+      say(`Anyone with this link can watch this parcel until ${until}.`);
+      input.focus();
+      input.select();
+    } catch (error) {
+      say(sentence(error.message), "error");
+    } finally {
+      create.disabled = false;
+    }
+  });
+
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(input.value);
+      say("Link copied.");
+    } catch {
+      input.focus();
+      input.select(); // no clipboard access (an http page, a refusal): the person copies it
+      say("Press Ctrl+C (or ⌘C, or long-press) to copy the selected link.");
+    }
+  });
+
+  revoke.addEventListener("click", async () => {
+    revoke.disabled = true;
+    try {
+      await call("DELETE", api);
+      input.value = "";
+      result.hidden = true;
+      say("Every share link of this parcel has stopped working.");
+    } catch (error) {
+      say(sentence(error.message), "error");
+    } finally {
+      revoke.disabled = false;
+    }
+  });
+}
