@@ -39,8 +39,22 @@ lint: $(VENV)/.dev-installed
 test: $(VENV)/.dev-installed system-packages lint
 	$(PY) -m pytest
 
-bench: $(VENV)/.dev-installed
-	$(PY) benchmarks/fanout.py
+# Fan-out at the machine's limit (issue 12): the reference load generator (../shared/bench,
+# Node + ws, its node_modules in the gitignored benchmarks/.node/) against one `app.py serve`.
+# Writes benchmarks/results/fanout.{json,png,md}. Options: make bench ARGS="--quick"
+# (or --cases sweep,handshakes,..., --rates 1,2,4, --profile /path/to/py-spy; see --help)
+BENCH_NODE := benchmarks/.node
+$(VENV)/.bench-installed: $(VENV)/.run-installed requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+$(BENCH_NODE)/.installed: ../shared/bench/package.json
+	mkdir -p $(BENCH_NODE) && cp ../shared/bench/package.json $(BENCH_NODE)/package.json
+	cd $(BENCH_NODE) && npm install --no-audit --no-fund --silent
+	touch $@
+
+bench: $(VENV)/.bench-installed $(BENCH_NODE)/.installed
+	ulimit -n $$(ulimit -Hn) && BENCH_NODE_MODULES=$(CURDIR)/$(BENCH_NODE)/node_modules $(PY) benchmarks/fanout.py $(ARGS)
 
 # A year of data (100,000 parcels, 1M locations) loaded once into benchmarks/.volume-data/,
 # then every operation timed against 50 ms and 1,000 location updates/s sustained.

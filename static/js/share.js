@@ -1,5 +1,6 @@
 /**
- * The track page's share controls (docs/protocol.md, "Share links"), shown only to
+ * Share controls (docs/protocol.md, "Share links") on the track page and on each active
+ * row of /dispatch, shown only to
  * people who may share (the parcel's owner, dispatchers): "Create share link" posts to
  * the share API and shows the link in a read-only box with "Copy" (the Clipboard API,
  * else the text is selected for the person to copy); "Revoke links" deletes every link of
@@ -29,16 +30,17 @@ function sentence(text) {
   return text.charAt(0).toUpperCase() + text.slice(1) + (/[.!?]$/.test(text) ? "" : ".");
 }
 
-/** Wire the controls in `box` (templates/_share_controls.html) to the share API at `api`. */
+/** Wire the controls in `box` (templates/_share_controls.html, the track page's, or
+ * templates/_share_row.html, one per row of /dispatch) to the share API at `api`. */
 export function shareControls(box, api) {
   if (!box || !api) return;
   const $ = (selector) => box.querySelector(selector);
-  const create = $("#share-create");
-  const revoke = $("#share-revoke");
-  const result = $("#share-result");
-  const input = $("#share-url");
-  const copy = $("#share-copy");
-  const message = $("#share-message");
+  const create = $("[data-share=create]");
+  const revoke = $("[data-share=revoke]");
+  const result = $("[data-share=result]");
+  const input = $("[data-share=url]");
+  const copy = $("[data-share=copy]");
+  const message = $("[data-share=message]");
   const say = (text, kind = "") => {
     message.textContent = text;
     message.dataset.kind = kind;
@@ -85,4 +87,9 @@ export function shareControls(box, api) {
       revoke.disabled = false;
     }
   });
+}
+
+/** Every `[data-share-api]` box of the page (the /dispatch rows). */
+export function allShareControls(root = document) {
+  for (const box of root.querySelectorAll("[data-share-api]")) shareControls(box, box.dataset.shareApi);
 }
