@@ -122,7 +122,8 @@ async def test_a_parcel_id_on_the_route_socket_must_be_one_of_the_drivers_parcel
 
 def batch(start: datetime, n: int, **fields) -> str:
     return json.dumps({"type": "location_batch", **fields, "locations": [
-        {"lat": 28.5 + i / 1000, "lng": 77.1, "address": f"offline {i}", "recorded_at": iso(start + timedelta(seconds=5 * i))}
+        {"lat": 28.5 + i / 1000, "lng": 77.1, "address": f"offline {i}",
+         "recorded_at": iso(start + timedelta(seconds=5 * i))}
         for i in range(n)]})
 
 

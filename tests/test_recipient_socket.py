@@ -11,7 +11,7 @@ import time
 import pytest
 
 from realtime.journey import distance_m
-from tests.conftest import World, body, path_to, recv, settings
+from tests.conftest import body, path_to, recv, settings
 from tests.test_tracking_socket import expect_update, nothing_arrives, scene, subscribed
 
 DESTINATION = (28.55, 77.20)  # World.parcel's
