@@ -10,10 +10,9 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from models.access import ROLES, User
-from models.db import Database, utcnow
+from models.db import IN_CHUNK, Database, utcnow
 
 MAX_EMAIL = 254
-IN_CHUNK = 25
 # An address a mail server would take, in ASCII: no spaces, control characters or quoting.
 EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")

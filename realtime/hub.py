@@ -20,6 +20,7 @@ geofence crossings and fix quality its broadcasts carry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -27,13 +28,15 @@ from typing import Any, Protocol
 
 from models import parcels, shares
 from models.access import VIEWER, User
-from models.db import Database, iso, utcnow
+from models.db import Database, iso, unreachable, utcnow
 from models.locations import SampleWriter
 from realtime import protocol
 from realtime.broker import make_broker
 from realtime.frames import text_frame
 from realtime.journey import Journey
 from realtime.metrics import Metrics
+
+log = logging.getLogger("parcel.hub")
 
 SESSION_ENDED = 4401  # the close code of a socket whose user's session ended
 LINK_ENDED = 4401  # a share link's socket when its links are revoked or its parcel finishes
@@ -131,6 +134,7 @@ class Hub:
         self._unsaved: dict[int, Position] = {}
         self._board_sent: dict[int, float] = {}  # when each parcel's location last went to the boards
         self._board_waiting: dict[int, str] = {}  # the latest location held back from the boards
+        self._stale: set[int] = set()  # parcels whose copy is being re-read
         self._users: dict[int, tuple[User, float]] = {}  # users seen at handshakes, with when
         self._tasks: set[asyncio.Task] = set()
 
@@ -266,23 +270,36 @@ class Hub:
     def parcel_state(self, parcel_id: int) -> ParcelState:
         """The driver and status of a parcel with subscribers.
 
-        Read from memory (this is every message's check); a copy older than
-        `state_ttl` is refreshed from the database in the background."""
+        Read from memory (this is every message's check); copies older than `state_ttl`
+        are refreshed from the database in the background, all of them in one batch."""
         state = self._states[parcel_id]
         if time.monotonic() - state.checked > self.state_ttl:
             self._states[parcel_id] = replace(state, checked=time.monotonic())
-            task = asyncio.ensure_future(self._refresh(parcel_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._stale.add(parcel_id)
+            if len(self._stale) == 1:
+                task = asyncio.ensure_future(self._refresh())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         return state
 
-    async def _refresh(self, parcel_id: int) -> None:
-        parcel = await parcels.get_parcel(self.db, parcel_id)
-        state = self._states.get(parcel_id)
-        if parcel is None or state is None:
+    async def _refresh(self) -> None:
+        """Re-read the stale parcels (a few `$in` queries), and apply what another process
+        (the CLI, without Redis) changed."""
+        await asyncio.sleep(0)  # let this moment's other stale parcels join the batch
+        stale, self._stale = sorted(self._stale), set()
+        try:
+            found = await parcels.get_parcels(self.db, stale)
+        except Exception as e:  # the database: tried again once the copies are stale again
+            if not unreachable(e):
+                raise
+            log.warning("could not re-read %d parcels: %s", len(stale), str(e)[:120])
             return
-        if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
-            self.parcel_changed(parcel, previous_driver_id=state.driver_id)
+        for parcel_id in stale:
+            parcel, state = found.get(parcel_id), self._states.get(parcel_id)
+            if parcel is None or state is None:
+                continue
+            if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
+                self.parcel_changed(parcel, previous_driver_id=state.driver_id)
 
     # -- events in -----------------------------------------------------------
 

@@ -152,6 +152,7 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     for status in ("picked_up", "in_transit", "delivered"):
         await parcels.set_status(db, parcel["_id"], status)
     assert (await parcels.get_parcel(db, parcel["_id"]))["status"] == "delivered"
+    assert len(await parcels.get_parcels(db, range(1, 101))) == 100
     for who in (dispatcher, owner, driver):
         await parcels.list_visible(db, who)
         await parcels.list_visible(db, who, statuses=parcels.ACTIVE, limit=500)
