@@ -2,10 +2,11 @@
  * The driver's tracking page (/driver/parcels/<id>), phone first.
  *
  * Tracking is off until the driver turns it on. While on: the device position
- * from watchPosition (high accuracy), the latest fix sent every 5 seconds (and
- * at once when the first fix comes), the screen kept awake where the Screen
- * Wake Lock API exists. Off stops sending and closes the socket. The status
- * buttons call POST /api/parcels/<id>/status/ with the page's XSRF token.
+ * from watchPosition (high accuracy), the latest fix sent every `send_every_s` seconds
+ * (and at once when the first fix comes), the screen kept awake where the Screen
+ * Wake Lock API exists (position-sharing.js, as on the shift page). Off stops sending
+ * and closes the socket. The status buttons call POST /api/parcels/<id>/status/ with
+ * the page's XSRF token.
  *
  * Fixes taken while the socket is down wait in the offline queue (IndexedDB, one queue
  * per driver and parcel) and go out as one location_batch with this parcel's id once
@@ -13,10 +14,11 @@
  * An echoed fix with quality "low" shows the "weak GPS" warning.
  */
 
-import { onLogout } from "./logout.js";
+import { setParcelStatus } from "./api.js";
 import { OfflineQueue } from "./offline-queue.js";
 import { Outbox } from "./outbox.js";
-import { loginUrl, TrackingSocket } from "./tracking-socket.js";
+import { PositionSharing } from "./position-sharing.js";
+import { TrackingSocket } from "./tracking-socket.js";
 import { clock, dataJSON, duration, everySecond, showConnection, showStatus, toast } from "./ui.js";
 
 const root = document.getElementById("driver");
@@ -26,24 +28,17 @@ const rules = dataJSON(root, "rules");
 const { labels, finished, texts, send_every_s: sendEvery } = rules;
 const FINISHED = new Set(finished);
 const SEND_EVERY_MS = sendEvery * 1000;
-const xsrfToken = document.querySelector('meta[name="xsrf-token"]').content;
 const $ = (id) => document.getElementById(id);
 const toggle = $("tracking-toggle");
 const stepButtons = [...document.querySelectorAll(".button-step")];
 
 let status = root.dataset.status;
-let tracking = false;
-let watchId = null;
-let sendTimer = null;
-let fix = null; // the latest GeolocationPosition
 let lastSent = null; // when the latest fix went out (ms)
-let everLive = false; // the socket has been live since tracking was turned on
-let wakeLock = null;
-let wasHidden = false;
 
 // -- what the driver sees ------------------------------------------------------------
 
 function showTracking() {
+  const tracking = sharing.on;
   toggle.setAttribute("aria-pressed", String(tracking));
   toggle.classList.toggle("is-on", tracking);
   $("tracking-state").textContent = tracking ? "On" : "Off";
@@ -56,7 +51,7 @@ function showProblem(text) {
   box.hidden = !text;
 }
 
-function showFix() {
+function showFix(fix) {
   const c = fix.coords;
   $("accuracy").textContent = Number.isFinite(c.accuracy) ? `±${Math.round(c.accuracy)} m` : "Unknown";
   const parts = [];
@@ -76,22 +71,13 @@ function setStatus(next) {
   showStatus(status, labels);
   for (const button of stepButtons) button.disabled = !button.dataset.from.split(" ").includes(status);
   if (FINISHED.has(status)) {
-    if (tracking) stop();
+    if (sharing.on) sharing.stop();
     toggle.disabled = true;
     $("tracking-help").textContent = texts.finished.replace("{status}", (labels[status] || status).toLowerCase());
   }
 }
 
 // -- sending the position -------------------------------------------------------------
-
-function sendNow() {
-  if (!tracking || !fix) return;
-  if (socket.state === "live") everLive = true;
-  else if (!everLive && navigator.onLine !== false) return; // still opening: sent once live, not queued
-  const c = fix.coords;
-  outbox.deliver({ lat: c.latitude, lng: c.longitude, accuracy: c.accuracy, heading: c.heading, speed: c.speed })
-    .catch((error) => toast(`Could not keep a position: ${error.message}`, "error"));
-}
 
 function showWaiting(count) {
   const box = $("queue-count");
@@ -105,110 +91,12 @@ function showQuality(message) {
   $("weak-gps").textContent = weak ? rules.weak_gps_text : "";
 }
 
-function onFix(position) {
-  const first = fix === null;
-  fix = position;
-  showProblem("");
-  showFix();
-  if (first) sendNow();
-}
-
-function onFixError(error) {
-  if (error.code === error.PERMISSION_DENIED) {
-    stop();
-    showProblem("Location permission is denied, so tracking is off. Allow location for this site in your " +
-      "browser's settings, then turn tracking on again.");
-  } else if (error.code === error.POSITION_UNAVAILABLE) {
-    showProblem("Your position is unavailable right now (no GPS signal?). Tracking stays on and sends " +
-      "as soon as a position comes.");
-  } else {
-    showProblem("Still waiting for a GPS position. Tracking stays on.");
-  }
-}
-
-// -- the screen wake lock ---------------------------------------------------------------
-
-async function keepAwake() {
-  if (!("wakeLock" in navigator)) {
-    $("wake-state").textContent = "May turn off (this browser cannot keep it on)";
-    return;
-  }
-  try {
-    wakeLock = await navigator.wakeLock.request("screen");
-    $("wake-state").textContent = "Kept on while tracking";
-    wakeLock.addEventListener("release", () => {
-      wakeLock = null;
-      $("wake-state").textContent = "May turn off";
-    });
-  } catch (error) {
-    $("wake-state").textContent = "May turn off (not allowed here)";
-    $("wake-state").title = error.message || "";
-  }
-}
-
-function letSleep() {
-  if (wakeLock) wakeLock.release().catch(() => {});
-  wakeLock = null;
-}
-
-document.addEventListener("visibilitychange", () => {
-  if (!tracking) return;
-  if (document.visibilityState === "hidden") {
-    wasHidden = true;
-  } else {
-    keepAwake(); // the browser released the lock when the page was hidden
-    sendNow();
-    if (wasHidden) toast("Tracking resumed. It pauses while this page is in the background.", "warning", 8000);
-    wasHidden = false;
-  }
-});
-
-// -- on and off -----------------------------------------------------------------------------
-
-function start() {
-  if (!("geolocation" in navigator)) {
-    showProblem("This browser cannot share your location. Open this page in your phone's main browser.");
-    return;
-  }
-  if (!window.isSecureContext) {
-    showProblem("Location needs a secure (https) address. Open this site through its https address.");
-    return;
-  }
-  showProblem("");
-  tracking = true;
-  fix = null;
-  everLive = false;
-  showTracking();
-  socket.connect();
-  watchId = navigator.geolocation.watchPosition(onFix, onFixError, { enableHighAccuracy: true, maximumAge: 0, timeout: 30000 });
-  sendTimer = setInterval(() => sendNow(), SEND_EVERY_MS);
-  keepAwake();
-}
-
-function stop() {
-  tracking = false;
-  showTracking();
-  if (watchId !== null) navigator.geolocation.clearWatch(watchId);
-  watchId = null;
-  clearInterval(sendTimer);
-  sendTimer = null;
-  if (socket.state !== "error") socket.disconnect(); // keep a refusal's "Error" in the pill
-  letSleep();
-}
-
 const socket = new TrackingSocket({
   parcelId,
   wsUrl: root.dataset.wsUrl,
   onState(state, detail) {
     showConnection(state, detail);
-    if (state === "live") {
-      outbox.flush(); // what waited while offline goes first, then the latest fix
-      sendNow();
-    }
-    if (state === "error" && tracking) {
-      stop();
-      showProblem(`Tracking stopped: ${detail}`);
-    }
+    sharing.socketState(state, detail);
   },
   onStatus: (next) => { if (next !== status) setStatus(next); },
   onLocation: (location, message) => showQuality(message),
@@ -234,7 +122,38 @@ const outbox = new Outbox({
   },
 });
 
-toggle.addEventListener("click", () => (tracking ? stop() : start()));
+// -- on and off -----------------------------------------------------------------------------
+
+// The Screen row, by the wake lock's state (wake-lock.js).
+const WAKE_TEXTS = {
+  on: "Kept on while tracking",
+  unsupported: "May turn off (this browser cannot keep it on)",
+  refused: "May turn off (not allowed here)",
+};
+
+const sharing = new PositionSharing({
+  socket,
+  outbox,
+  sendEveryMs: SEND_EVERY_MS,
+  texts: {
+    denied: "Location permission is denied, so tracking is off. Allow location for this site in your " +
+      "browser's settings, then turn tracking on again.",
+    unavailable: "Your position is unavailable right now (no GPS signal?). Tracking stays on and sends " +
+      "as soon as a position comes.",
+    waiting: "Still waiting for a GPS position. Tracking stays on.",
+    resumed: "Tracking resumed. It pauses while this page is in the background.",
+    stopped: "Tracking stopped",
+  },
+  onChange: showTracking,
+  onFix: showFix,
+  onProblem: showProblem,
+  onWake(state, why) {
+    $("wake-state").textContent = WAKE_TEXTS[state] || "May turn off";
+    $("wake-state").title = why || "";
+  },
+});
+
+toggle.addEventListener("click", () => sharing.toggle());
 
 // -- the status buttons -------------------------------------------------------------------------
 
@@ -243,15 +162,7 @@ async function changeStatus(button) {
   for (const b of stepButtons) b.disabled = true;
   $("step-message").textContent = `Saving “${label}”…`;
   try {
-    const response = await fetch(`/api/parcels/${parcelId}/status/`, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-XSRFToken": xsrfToken },
-      body: JSON.stringify({ status: button.dataset.status }),
-    });
-    if (response.status === 401) return location.assign(loginUrl());
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(body.error || `the server answered ${response.status}`);
+    const body = await setParcelStatus(parcelId, button.dataset.status);
     setStatus(body.status);
     $("step-message").textContent = `Marked as ${(labels[body.status] || body.status).toLowerCase()}.`;
   } catch (error) {
@@ -266,5 +177,3 @@ showConnection("offline", "turn tracking on to connect");
 showTracking();
 everySecond(showLastSent);
 outbox.countWaiting().catch(() => {});
-window.addEventListener("pagehide", () => { if (tracking) stop(); });
-onLogout(() => { if (tracking) stop(); });

@@ -7,24 +7,7 @@
  * the parcel. Unsafe calls carry the page's XSRF token with the login cookie.
  */
 
-const xsrfToken = () => document.querySelector('meta[name="xsrf-token"]')?.content || "";
-
-async function call(method, url) {
-  const response = await fetch(url, {
-    method,
-    credentials: "same-origin",
-    headers: { "X-XSRFToken": xsrfToken(), "Content-Type": "application/json" },
-    body: method === "POST" ? "{}" : undefined,
-  });
-  if (response.ok) return response.status === 204 ? null : response.json();
-  let message = `the server answered ${response.status}`;
-  try {
-    message = (await response.json()).error || message;
-  } catch {
-    // not JSON: keep the status
-  }
-  throw new Error(message);
-}
+import { apiCall } from "./api.js";
 
 function sentence(text) {
   return text.charAt(0).toUpperCase() + text.slice(1) + (/[.!?]$/.test(text) ? "" : ".");
@@ -49,7 +32,7 @@ export function shareControls(box, api) {
   create.addEventListener("click", async () => {
     create.disabled = true;
     try {
-      const link = await call("POST", api);
+      const link = await apiCall("POST", api, {});
       input.value = link.url;
       result.hidden = false;
       const until = new Date(link.expires_at).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
@@ -77,7 +60,7 @@ export function shareControls(box, api) {
   revoke.addEventListener("click", async () => {
     revoke.disabled = true;
     try {
-      await call("DELETE", api);
+      await apiCall("DELETE", api);
       input.value = "";
       result.hidden = true;
       say("Every share link of this parcel has stopped working.");

@@ -7,6 +7,7 @@
  * the device knows them. Fixes taken while the socket is not live wait in the offline
  * queue and go out as one location_batch on reconnect (outbox.js, offline-queue.js).
  * The screen is kept awake where the browser can (wake-lock.js), else the driver is told.
+ * Turning the sharing on and off is position-sharing.js, as on the parcel page.
  *
  * The route list is the server's markup: on a status message, a change of the parcel set
  * (a new assignment, a parcel reassigned away or finished) or a button pressed here, the
@@ -15,12 +16,12 @@
  * The echoed broadcasts give each stop its ETA and the "weak GPS" warning.
  */
 
+import { setParcelStatus } from "./api.js";
 import { OfflineQueue } from "./offline-queue.js";
-import { onLogout } from "./logout.js";
 import { Outbox } from "./outbox.js";
+import { PositionSharing } from "./position-sharing.js";
 import { loginUrl, TrackingSocket } from "./tracking-socket.js";
 import { clock, dataJSON, duration, everySecond, showConnection, toast } from "./ui.js";
-import { ScreenWakeLock } from "./wake-lock.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("shift");
@@ -28,16 +29,9 @@ const root = $("shift");
 const rules = dataJSON(root, "rules");
 const { labels } = rules;
 const SEND_EVERY_MS = rules.send_every_s * 1000;
-const xsrfToken = document.querySelector('meta[name="xsrf-token"]').content;
 const toggle = $("shift-toggle");
 
-let onShift = false;
-let watchId = null;
-let sendTimer = null;
-let fix = null; // the latest GeolocationPosition
 let lastSent = null; // when a fix last went out (ms)
-let lastEmit = 0; // when a fix was last handed to the outbox (ms)
-let everLive = false; // the socket has been live during this shift
 let active = [...document.querySelectorAll("#route [data-parcel-id]")].map((el) => Number(el.dataset.parcelId));
 const live = new Map(); // parcel id → {eta, weak}: from the echoed broadcasts
 const messages = new Map(); // parcel id → the latest step message, kept across list refreshes
@@ -49,6 +43,7 @@ function plural(n, one, many) {
 }
 
 function showShift() {
+  const onShift = sharing.on;
   toggle.classList.toggle("is-on", onShift);
   $("shift-label").textContent = onShift ? "End my shift" : "Start my shift";
   $("shift-help").textContent = onShift
@@ -162,15 +157,7 @@ async function changeStatus(button) {
   messages.set(parcelId, `Saving “${label}”…`);
   showStops();
   try {
-    const response = await fetch(`/api/parcels/${parcelId}/status/`, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-XSRFToken": xsrfToken },
-      body: JSON.stringify({ status: button.dataset.status }),
-    });
-    if (response.status === 401) return location.assign(loginUrl());
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(body.error || `the server answered ${response.status}`);
+    const body = await setParcelStatus(parcelId, button.dataset.status);
     messages.set(parcelId, `Marked as ${(labels[body.status] || body.status).toLowerCase()}.`);
   } catch (error) {
     messages.set(parcelId, `Could not change the status: ${error.message}.`);
@@ -200,14 +187,7 @@ const socket = new TrackingSocket({
   wsUrl: root.dataset.wsUrl,
   onState(state, detail) {
     showConnection(state, detail);
-    if (state === "live") {
-      outbox.flush();
-      sendNow(true);
-    }
-    if (state === "error" && onShift) {
-      stop();
-      showProblem(`Your shift stopped: ${detail}`);
-    }
+    sharing.socketState(state, detail);
   },
   onMessage(message) {
     if (message.type === "subscribed" || message.type === "parcels") setActive(message.parcels || []);
@@ -236,102 +216,40 @@ const outbox = new Outbox({
   },
 });
 
-/** Hand the latest fix to the outbox: at most one every send_every_s (`force`: the socket just came back). */
-function sendNow(force = false) {
-  if (!onShift || !fix || !active.length) return;
-  if (socket.state === "live") everLive = true;
-  else if (!everLive && navigator.onLine !== false) return; // still opening: sent once live, not queued
-  if (!force && lastEmit && Date.now() - lastEmit < SEND_EVERY_MS * 0.9) return;
-  lastEmit = Date.now();
-  const c = fix.coords;
-  outbox.deliver({ lat: c.latitude, lng: c.longitude, accuracy: c.accuracy, heading: c.heading, speed: c.speed })
-    .catch((error) => toast(`Could not keep a position: ${error.message}`, "error"));
-}
-
-function onFix(position) {
-  const first = fix === null;
-  fix = position;
-  showProblem("");
-  const c = position.coords;
-  $("accuracy").textContent = Number.isFinite(c.accuracy) ? `±${Math.round(c.accuracy)} m` : "Unknown";
-  if (first) sendNow();
-}
-
-function onFixError(error) {
-  if (error.code === error.PERMISSION_DENIED) {
-    stop();
-    showProblem("Location permission is denied, so your shift is off. Allow location for this site in your " +
-      "browser's settings, then start your shift again.");
-  } else if (error.code === error.POSITION_UNAVAILABLE) {
-    showProblem("Your position is unavailable right now (no GPS signal?). Your shift stays on and sends as soon " +
-      "as a position comes.");
-  } else {
-    showProblem("Still waiting for a GPS position. Your shift stays on.");
-  }
-}
-
-// -- the screen ---------------------------------------------------------------------------------
-
-const wake = new ScreenWakeLock((state, why) => {
-  $("wake-state").textContent = { on: "Kept on during your shift", off: "May turn off" }[state] || "May turn off";
-  $("wake-state").title = why || "";
-  $("wake-note").hidden = !(onShift && (state === "unsupported" || state === "refused"));
-});
-
-let wasHidden = false;
-document.addEventListener("visibilitychange", () => {
-  if (!onShift) return;
-  if (document.visibilityState === "hidden") {
-    wasHidden = true;
-  } else {
-    sendNow();
-    if (wasHidden) toast("Your shift resumed. Positions pause while this page is in the background.", "warning", 8000);
-    wasHidden = false;
-  }
-});
-
 // -- on and off -----------------------------------------------------------------------------------
 
-function start() {
-  if (!("geolocation" in navigator)) {
-    showProblem("This browser cannot share your location. Open this page in your phone's main browser.");
-    return;
-  }
-  if (!window.isSecureContext) {
-    showProblem("Location needs a secure (https) address. Open this site through its https address.");
-    return;
-  }
-  showProblem("");
-  onShift = true;
-  fix = null;
-  everLive = false;
-  lastEmit = 0;
-  showShift();
-  socket.connect();
-  watchId = navigator.geolocation.watchPosition(onFix, onFixError,
-    { enableHighAccuracy: true, maximumAge: 0, timeout: 30000 });
-  sendTimer = setInterval(() => sendNow(), SEND_EVERY_MS);
-  wake.hold();
-}
+const sharing = new PositionSharing({
+  socket,
+  outbox,
+  sendEveryMs: SEND_EVERY_MS,
+  minGapMs: SEND_EVERY_MS * 0.9, // at most one fix every send_every_s, but at once when the socket comes back
+  texts: {
+    denied: "Location permission is denied, so your shift is off. Allow location for this site in your " +
+      "browser's settings, then start your shift again.",
+    unavailable: "Your position is unavailable right now (no GPS signal?). Your shift stays on and sends as soon " +
+      "as a position comes.",
+    waiting: "Still waiting for a GPS position. Your shift stays on.",
+    resumed: "Your shift resumed. Positions pause while this page is in the background.",
+    stopped: "Your shift stopped",
+  },
+  canSend: () => active.length > 0,
+  onChange: showShift,
+  onFix(position) {
+    const c = position.coords;
+    $("accuracy").textContent = Number.isFinite(c.accuracy) ? `±${Math.round(c.accuracy)} m` : "Unknown";
+  },
+  onProblem: showProblem,
+  onWake(state, why) { // the screen
+    $("wake-state").textContent = { on: "Kept on during your shift", off: "May turn off" }[state] || "May turn off";
+    $("wake-state").title = why || "";
+    $("wake-note").hidden = !(sharing.on && (state === "unsupported" || state === "refused"));
+  },
+});
 
-function stop() {
-  onShift = false;
-  showShift();
-  if (watchId !== null) navigator.geolocation.clearWatch(watchId);
-  watchId = null;
-  clearInterval(sendTimer);
-  sendTimer = null;
-  if (socket.state !== "error") socket.disconnect(); // keep a refusal's "Error" in the pill
-  wake.release();
-  $("wake-note").hidden = true;
-}
-
-toggle.addEventListener("click", () => (onShift ? stop() : start()));
+toggle.addEventListener("click", () => sharing.toggle());
 
 showConnection("offline", "start your shift to connect");
 showShift();
 showStops();
 outbox.countWaiting().catch(() => {});
 everySecond(showLastSent);
-window.addEventListener("pagehide", () => { if (onShift) stop(); });
-onLogout(() => { if (onShift) stop(); });

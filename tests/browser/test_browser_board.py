@@ -65,13 +65,24 @@ def start_shift(sessions, email: str):
     return driver
 
 
-def test_dispatchers_map_moves_the_trucks_and_flags_a_quiet_one(sessions, data):
-    client = data.user("client", "Board Client")
-    mover = data.user("driver", "Arjun Mover")
-    quiet = data.user("driver", "Bela Quiet")
+def two_trucks(sessions, data, names: tuple[str, str, str], quiet_status: str, seconds_ago: float):
+    """A client (`names`: the client, then two drivers) with a parcel in transit with the first driver
+    and one `quiet_status` with the second, whose phone reported QUIET once `seconds_ago`.
+    Returns the client, both drivers and both parcels' ids."""
+    client_name, moving_name, quiet_name = names
+    client = data.user("client", client_name)
+    mover = data.user("driver", moving_name)
+    quiet = data.user("driver", quiet_name)
     moving_parcel = data.parcel(client, mover, status="in_transit")
-    quiet_parcel = data.parcel(client, quiet, status="picked_up")
-    report_once(sessions, quiet["email"], QUIET, seconds_ago=50)  # 10 s short of the board's 60
+    quiet_parcel = data.parcel(client, quiet, status=quiet_status)
+    report_once(sessions, quiet["email"], QUIET, seconds_ago=seconds_ago)
+    return client, mover, quiet, moving_parcel, quiet_parcel
+
+
+def test_dispatchers_map_moves_the_trucks_and_flags_a_quiet_one(sessions, data):
+    client, mover, quiet, moving_parcel, quiet_parcel = two_trucks(
+        sessions, data, ("Board Client", "Arjun Mover", "Bela Quiet"), "picked_up",
+        seconds_ago=50)  # 10 s short of the board's 60
 
     board = sessions(data.user("dispatcher", "Dora Board")["email"])
     page = board.page
@@ -126,12 +137,8 @@ def test_dispatchers_map_moves_the_trucks_and_flags_a_quiet_one(sessions, data):
 
 
 def test_clients_parcels_map_shows_each_truck(sessions, data):
-    client = data.user("client", "Many Parcels")
-    first_driver = data.user("driver", "Kabir First")
-    second_driver = data.user("driver", "Lata Second")
-    driven = data.parcel(client, first_driver, status="in_transit")
-    waiting = data.parcel(client, second_driver, status="assigned")
-    report_once(sessions, second_driver["email"], QUIET, seconds_ago=5)
+    client, first_driver, _, driven, waiting = two_trucks(
+        sessions, data, ("Many Parcels", "Kabir First", "Lata Second"), "assigned", seconds_ago=5)
     assert stored_position(data, waiting)["lat"] == QUIET["lat"]
     pending = data.parcel(client, status="pending")  # no driver: no truck
 
