@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -327,6 +328,7 @@ async def run_server(app: Application, args: argparse.Namespace, embedded: Embed
         server.listen(args.port, args.host)
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    tune_gc()
     print(f"parcel tracking is running on http://{args.host}:{args.port}/", flush=True)
     if not args.no_demo:
         print_logins()
@@ -387,6 +389,22 @@ def build_parser() -> Parser:
     a.add_argument("driver_email")
     sub.add_parser("demo", parents=[common], help="create the demo data if missing")
     return parser
+
+
+GC_THRESHOLDS = (20_000, 20, 100)  # Python's default: (700, 10, 10)
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector's full passes rare and short (README, "Performance").
+
+    Every broadcast allocates a few short-lived dicts; with the default thresholds they set
+    off a full collection every few seconds under load, each walking every object of every
+    open socket (220 ms at 3,000 sockets, measured, finding nothing: reference counting frees
+    them) and holding every broadcast meanwhile. The objects made at start-up are frozen out
+    of those walks for good; closed sockets' cycles still go at the next full pass."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def use_uvloop() -> bool:

@@ -8,7 +8,9 @@ Every query in `models/` has a shape the embedded server answers from an index
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -56,6 +58,27 @@ def utcnow() -> datetime:
     """Now, in UTC, at the millisecond precision BSON dates keep."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def now_ms() -> int:
+    """Now, in whole milliseconds since the epoch (the live path's clock: cheaper than a datetime)."""
+    return time.time_ns() // 1_000_000
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@lru_cache(maxsize=4)
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+
+
+def stamp(ms: int) -> str:
+    """`iso()` of a time in milliseconds, the date and time formatted once a second (a
+    broadcast's timestamp is made thousands of times a second)."""
+    second, milli = divmod(ms, 1000)
+    return f"{_second_text(second)}{milli:03d}Z"
 
 
 def iso(moment: datetime | None) -> str | None:

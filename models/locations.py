@@ -200,7 +200,8 @@ class SampleWriter:
         self._in_flight = 0
         self._held: dict[int, ParcelRecord] = {}  # parcels' news not yet written to them
         self._parcel_written: dict[int, float] = {}  # when each parcel was last written (time.monotonic)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0  # the loop time it fires at (uvloop's handle of a 0 s delay has no when())
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
@@ -223,11 +224,13 @@ class SampleWriter:
         self._schedule(0 if len(self._queue) >= BATCH_SIZE else self.flush_interval)
 
     def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
         if self._timer is not None:
-            if self._timer.when() <= asyncio.get_running_loop().time() + delay:
+            if self._timer_due <= loop.time() + delay:
                 return  # an earlier flush is due anyway
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(delay, self._flush_soon)
+        self._timer_due = loop.time() + delay
+        self._timer = loop.call_later(delay, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._timer = None

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from models import parcels, shares
 from models.access import VIEWER, User
-from models.db import Database, iso, unreachable, utcnow
+from models.db import Database, from_ms, iso, now_ms, stamp, unreachable, utcnow
 from models.locations import SampleWriter
 from realtime import protocol
 from realtime.broker import make_broker
@@ -104,7 +104,7 @@ class Position:
 
     driver_id: int
     location: dict[str, Any]
-    timestamp: datetime
+    ms: int  # when it was accepted, in milliseconds since the epoch
 
 
 class Hub:
@@ -308,27 +308,27 @@ class Hub:
         """An accepted location: broadcast it, and sample it for the history. A fix from an
         offline batch (`recorded_at`) is already stored, so it is only broadcast, and only
         when it is newer than what was broadcast last."""
-        timestamp = recorded_at or utcnow()
         if recorded_at is None:
-            self._sample(parcel_id, Position(driver_id, location, timestamp))
+            ms = now_ms()
+            self._sample(parcel_id, Position(driver_id, location, ms))
         else:
+            ms = round(recorded_at.timestamp() * 1000)
             latest = self._latest.get(parcel_id)
-            if latest is not None and latest["timestamp"] >= iso(recorded_at):
+            if latest is not None and latest["timestamp"] >= stamp(ms):
                 return
         state = self._states[parcel_id]
         journey = self._journeys.get(parcel_id)
         if journey is None:
             journey = self._journeys[parcel_id] = Journey(state.pickup, state.destination, self.geofence_radius_m)
-        seen = journey.observe(location["lat"], location["lng"], timestamp.timestamp(), state.status,
-                               location.get("accuracy"))
-        stamp = iso(timestamp)
+        seen = journey.observe(location["lat"], location["lng"], ms / 1000, state.status, location.get("accuracy"))
+        when = stamp(ms)
         self.broker.publish({
             "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
-            "message": protocol.location_message(parcel_id, driver_id, location, stamp, seen.eta, seen.low_quality),
+            "message": protocol.location_message(parcel_id, driver_id, location, when, seen.eta, seen.low_quality),
         })
         for zone, event in seen.crossings:
             self.broker.publish({"kind": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
-                                 "timestamp": stamp})
+                                 "timestamp": when})
 
     def store_batch(self, parcel_id: int, driver_id: int, fixes: list[tuple[dict[str, Any], datetime]]) -> None:
         """An offline batch: every fix goes to the history at its own time; the newest is
@@ -343,7 +343,7 @@ class Hub:
         self._accepted[parcel_id] = count
         if count % self.sample_every == 0:
             self._unsaved.pop(parcel_id, None)
-            self.writer.add(parcel_id, position.driver_id, position.location, position.timestamp)
+            self.writer.add(parcel_id, position.driver_id, position.location, from_ms(position.ms))
         else:
             self._unsaved[parcel_id] = position
 
@@ -373,7 +373,7 @@ class Hub:
 
     def _save_unsaved(self, parcel_id: int) -> None:
         position = self._unsaved.pop(parcel_id)
-        self.writer.add(parcel_id, position.driver_id, position.location, position.timestamp)
+        self.writer.add(parcel_id, position.driver_id, position.location, from_ms(position.ms))
 
     # -- events out (from the broker, in every process) -----------------------
 
