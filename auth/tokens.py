@@ -65,8 +65,17 @@ def issue(user: User, token_type: str, ttl: int, secret: str) -> str:
 
 def verify(token: str | None, accepted: str | Collection[str], secret: str) -> Claimed:
     """What a valid token of an accepted type claims."""
-    accepted = (accepted,) if isinstance(accepted, str) else tuple(accepted)
+    return _claimed(_decode(token, secret), (accepted,) if isinstance(accepted, str) else tuple(accepted))
+
+
+def verify_socket(token: str | None, secret: str) -> Claimed | Shared:
+    """What a token a socket was opened with names: a user (an access or socket token) or a
+    share link's parcel; decoded once (a handshake's costliest step after the database)."""
     claims = _decode(token, secret)
+    return _shared(claims) if claims.get("type") == "share" else _claimed(claims, SOCKET_TYPES)
+
+
+def _claimed(claims: dict, accepted: tuple[str, ...]) -> Claimed:
     if claims.get("type") not in accepted:
         raise TokenError(f"this is not {_a(accepted[0])} {accepted[0]} token")
     sub, version = claims.get("sub"), claims.get("ver", 0)
@@ -83,17 +92,12 @@ def issue_share(parcel_id: int, version: int, expires_at: int, secret: str) -> s
                    expires_at - int(time.time()), secret)
 
 
-def is_share(token: str) -> bool:
-    """Does this token say it is a share token? (Unverified: `verify_share` checks it.)"""
-    try:
-        return jwt.decode(token, options={"verify_signature": False}).get("type") == "share"
-    except jwt.InvalidTokenError:
-        return False
-
-
 def verify_share(token: str | None, secret: str) -> Shared:
     """The parcel a valid share token names (whether its links were revoked since is for the caller)."""
-    claims = _decode(token, secret)
+    return _shared(_decode(token, secret))
+
+
+def _shared(claims: dict) -> Shared:
     parcel_id, version = claims.get("pid"), claims.get("sv")
     if claims.get("type") != "share":
         raise TokenError("this is not a share token")

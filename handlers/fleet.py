@@ -22,7 +22,7 @@ class RouteSocket(Socket):
     roles = ("driver",)
 
     async def open(self) -> None:
-        user = await self.authenticate()
+        user = await self.authenticate(self.credentials())
         found = user and await self.read(parcels.active_for_driver(self.application.db, user.id))
         if not found or not self.count_in(user):
             return
@@ -62,7 +62,7 @@ class BoardSocket(Socket):
     roles = ("dispatcher",)
 
     async def open(self) -> None:
-        user = await self.authenticate()
+        user = await self.authenticate(self.credentials())
         found = user and await self.read(parcels.all_active(self.application.db))
         if not found or not self.count_in(user):
             return

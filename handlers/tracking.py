@@ -144,13 +144,20 @@ class Socket(tornado.websocket.WebSocketHandler):
             self._reject(CLOSE_TRY_LATER, "the database is unavailable; try again in a moment")
             return None
 
-    async def authenticate(self) -> User | None:
-        """The user a token of theirs names, still in the same session and of this socket's
-        roles; None once the socket has been closed for it (4401, 4403 or 1013)."""
+    def credentials(self) -> tokens.Claimed | tokens.Shared | None:
+        """What the socket's token names; None once the socket has been closed for a bad one (4401)."""
         try:
-            claimed = tokens.verify(self._argument("token"), tokens.SOCKET_TYPES, self.application.config.secret_key)
+            return tokens.verify_socket(self._argument("token"), self.application.config.secret_key)
         except tokens.TokenError as e:
             return self._reject(CLOSE_UNAUTHENTICATED, str(e))
+
+    async def authenticate(self, claimed: tokens.Claimed | tokens.Shared | None) -> User | None:
+        """The user `claimed` names, still in the same session and of this socket's roles;
+        None once the socket has been closed for it (4401, 4403 or 1013)."""
+        if claimed is None:
+            return None
+        if isinstance(claimed, tokens.Shared):
+            return self._reject(CLOSE_UNAUTHENTICATED, "a share link opens only its parcel's tracking socket")
         user = self.hub.known_user(claimed.id)
         if user is None:
             found = await self.read(users.get_user(self.application.db, claimed.id))
@@ -278,15 +285,15 @@ class TrackingSocket(Socket):
         if not re.fullmatch(r"-?[0-9]+", raw_id):
             return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
         parcel_id = parse_id(raw_id)  # any other integer names no parcel
-        token = self._argument("token")
+        claimed = self.credentials()
         known = self.hub.known(parcel_id) if parcel_id else None  # no database read when the hub holds it
-        if tokens.is_share(token):
-            user, parcel = await self.link(token, parcel_id)
+        if isinstance(claimed, tokens.Shared):
+            user, parcel = await self.link(claimed, parcel_id)
             known = None
         elif known is not None:
-            user, parcel = await self.authenticate(), known.parcel()
+            user, parcel = await self.authenticate(claimed), known.parcel()
         else:
-            user = await self.authenticate()
+            user = await self.authenticate(claimed)
             found = user and parcel_id and await self.read(parcels.get_parcel(self.application.db, parcel_id))
             parcel = found[0] if found else None
         if user is None or self.ws_connection is None or self.ws_connection.is_closing():
@@ -301,12 +308,8 @@ class TrackingSocket(Socket):
         if snapshot:
             self.send_text(snapshot)
 
-    async def link(self, token: str, parcel_id: int | None) -> tuple[User | None, dict[str, Any] | None]:
+    async def link(self, shared: tokens.Shared, parcel_id: int | None) -> tuple[User | None, dict[str, Any] | None]:
         """A share link's viewer and its parcel; (None, None) once the socket has been closed for it."""
-        try:
-            shared = tokens.verify_share(token, self.application.config.secret_key)
-        except tokens.TokenError as e:
-            return self._reject(CLOSE_UNAUTHENTICATED, str(e)), None
         if shared.parcel_id != parcel_id:
             return link_viewer(shared.parcel_id), None
         found = await self.read(parcels.get_parcel(self.application.db, parcel_id))
