@@ -144,11 +144,6 @@ def encode(message: dict[str, Any], viewer: bool = False) -> str:
     return json.dumps({**message, "driver_id": None} if viewer else message)
 
 
-def location_update(parcel_id: int, driver_id: int | None, location: dict[str, Any], timestamp: datetime,
-                    eta: dict[str, Any] | None = None) -> str:
-    return encode(location_message(parcel_id, driver_id, location, iso(timestamp), eta))
-
-
 def status(parcel_id: int, status: str, timestamp: datetime, driver_id: int | None | bool = False) -> str:
     """A status change; the board's copy also names the driver (`driver_id` given)."""
     message: dict[str, Any] = {"type": "status", "parcel_id": parcel_id, "status": status, "timestamp": iso(timestamp)}
