@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from pymongo import MongoClient
 
 from tests.conftest import path_to
 from tests.process import ROOT, Server, app_env, run_cli
@@ -93,6 +94,11 @@ def server(db_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     app.start()
     yield app
     app.stop()
+    # Its database goes too: with MONGODB_URI the app makes a TTL index, and the session's
+    # embedded server sweeps every TTL collection each minute under its lock, stalling the
+    # tests that come after (docs/protocol.md, "What is stored").
+    with MongoClient(db_server) as client:
+        client.drop_database(app.env["MONGODB_DB"])
 
 
 @pytest.fixture(scope="module")

@@ -220,7 +220,7 @@ def test_waiting_fixes_survive_a_reload(sessions, data, server):
     expect(page.locator("#queue-count")).to_be_hidden(timeout=10_000)
     token = server.token(client["email"], PASSWORD)
     kept_fix = (OFFLINE_FIXES[0]["latitude"], OFFLINE_FIXES[0]["longitude"])
-    stored = history(server, token, parcel_id, [kept_fix])
+    stored = history(server, token, parcel_id, [kept_fix], timeout=20)
     assert kept_fix in [(loc["lat"], loc["lng"]) for loc in stored], stored
     assert driver.script_errors() == []
 
