@@ -22,12 +22,10 @@ class RouteSocket(Socket):
     roles = ("driver",)
 
     async def open(self) -> None:
-        user = await self.authenticate(self.credentials())
-        found = user and await self.read(parcels.active_for_driver(self.application.db, user.id))
-        if not found or not self.count_in(user):
-            return
-        self.hub.join_route(self, found[0])
-        self.send_text(protocol.route_subscribed(list(self.parcels)))
+        admitted = await self.admit(lambda user: parcels.active_for_driver(self.application.db, user.id))
+        if admitted is not None:
+            self.hub.join_route(self, admitted[1])
+            self.send_text(protocol.route_subscribed(list(self.parcels)))
 
     def receive(self, message: dict[str, Any]) -> None:
         """Validate the fix (or batch), then hand it to each parcel the driver may send for now."""
@@ -62,8 +60,6 @@ class BoardSocket(Socket):
     roles = ("dispatcher",)
 
     async def open(self) -> None:
-        user = await self.authenticate(self.credentials())
-        found = user and await self.read(parcels.all_active(self.application.db))
-        if not found or not self.count_in(user):
-            return
-        self.send_text(self.hub.join_board(self, found[0]))
+        admitted = await self.admit(lambda _: parcels.all_active(self.application.db))
+        if admitted is not None:
+            self.send_text(self.hub.join_board(self, admitted[1]))

@@ -163,18 +163,14 @@ def timeline_view(parcel: dict[str, Any]) -> list[dict[str, Any]]:
              "timestamp": iso(step["timestamp"])} for step in parcel.get("timeline", ())]
 
 
+SHARED_FIELDS = ("id", "status", "status_label", "pickup", "destination", "finished", "timeline")
+
+
 def share_view(parcel: dict[str, Any], driver_name: str) -> dict[str, Any]:
-    """What a share link shows of a parcel: no e-mail address, no user id (docs/protocol.md, "Share links")."""
-    return {
-        "id": parcel["_id"],
-        "status": parcel["status"],
-        "status_label": STATUS_LABELS.get(parcel["status"], parcel["status"]),
-        "pickup": place_text(parcel["pickup"]),
-        "destination": place_text(parcel["destination"]),
-        "driver": driver_name or "Your driver",
-        "finished": parcel["status"] in parcels.FINISHED,
-        "timeline": timeline_view(parcel),
-    }
+    """What a share link shows of a parcel: `parcel_view`'s fields that hold no e-mail
+    address and no user id, and the driver by name (docs/protocol.md, "Share links")."""
+    view = parcel_view(parcel)
+    return {**{field: view[field] for field in SHARED_FIELDS}, "driver": driver_name or "Your driver"}
 
 
 def map_parcel(parcel: dict[str, Any], private: bool = True) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pymongo
@@ -171,6 +171,15 @@ class Socket(tornado.websocket.WebSocketHandler):
         if self.roles and user.role not in self.roles:
             return self._reject(CLOSE_FORBIDDEN, f"this socket is for {' and '.join(r + 's' for r in self.roles)}")
         return user
+
+    async def admit(self, load: Callable[[User], Awaitable[Any]]) -> tuple[User, Any] | None:
+        """Authenticate, read what the socket starts from (`load(user)`), and count it in;
+        None once the socket has been closed for a reason (4401, 4403, 1013 or 4429)."""
+        user = await self.authenticate(self.credentials())
+        found = user and await self.read(load(user))
+        if not found or not self.count_in(user):
+            return None
+        return user, found[0]
 
     def count_in(self, user: User) -> bool:
         """Count the socket under its user's and address's limits; False once refused (4429)."""

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from models.db import Database
-from models.parcels import FINISHED
+from models.parcels import FINISHED, get_parcel
 
 FINISHED_GRACE = timedelta(hours=1)
 GONE = "this link is no longer valid"
@@ -51,7 +51,7 @@ def still_valid(parcel: dict[str, Any] | None, link_version: int, now: datetime)
 
 async def resolve(db: Database, shared: Any, now: datetime) -> dict[str, Any] | None:
     """The parcel a verified share token (`auth.tokens.Shared`) still shows, if any."""
-    parcel = await db.parcels.find_one({"_id": shared.parcel_id})
+    parcel = await get_parcel(db, shared.parcel_id)
     return parcel if still_valid(parcel, shared.version, now) else None
 
 

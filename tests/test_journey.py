@@ -101,12 +101,13 @@ def test_geofences_fire_once_per_crossing_and_ignore_jitter_at_the_edge() -> Non
 def test_inaccurate_fixes_and_impossible_jumps_are_low_quality_and_move_nothing() -> None:
     journey = Journey(PICKUP, DESTINATION, 150)
     journey.observe(*east_of_destination(2000), 1000, "in_transit")
-    journey.observe(*east_of_destination(1950), 1005, "in_transit")
+    before = journey.observe(*east_of_destination(1950), 1005, "in_transit").eta
+    assert before is not None and before["distance_m"] == 1950
     vague = journey.observe(*east_of_destination(100), 1010, "in_transit", accuracy=250)
-    assert vague.low_quality and vague.crossings == ()
+    assert vague.low_quality and vague.crossings == () and vague.eta == before
     jump = journey.observe(*east_of_destination(100), 1011, "in_transit")  # 1,850 m in 6 s
     assert jump.low_quality and jump.crossings == ()
-    assert jump.eta == journey.last_eta
+    assert jump.eta == before  # the estimate stays where the last good fix left it
     fine = journey.observe(*east_of_destination(1900), 1015, "in_transit", accuracy=20)
     assert not fine.low_quality
     assert math.isclose(fine.eta["distance_m"], 1900, abs_tol=2)
