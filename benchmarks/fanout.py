@@ -35,7 +35,6 @@ import base64
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import socket
@@ -54,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import fixture as fixtures  # noqa: E402
 from benchmarks import generator  # noqa: E402
 from benchmarks.board_client import Board, BoardUnavailable  # noqa: E402
-from benchmarks.generator import CpuSampler, find, latest_steps, rss_kib  # noqa: E402
+from benchmarks.generator import CpuSampler, find, latest_steps, raise_file_limit, rss_kib  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
 from tests.process import Server, app_env, free_port  # noqa: E402
 
@@ -92,15 +91,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- processes ------------------------------------------------------------------------
-
-
-def raise_file_limit() -> int:
-    """About one descriptor per socket on each side (children inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65535 if hard == resource.RLIM_INFINITY else min(65535, hard)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    return wanted
 
 
 def git_commit() -> str:

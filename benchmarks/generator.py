@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,15 @@ def node_modules() -> Path:
     print(f"npm install into {SCRATCH}", flush=True)
     subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=SCRATCH, check=True)
     return target
+
+
+def raise_file_limit() -> int:
+    """About one descriptor per socket on each side (the server and the generator inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65535 if hard == resource.RLIM_INFINITY else min(65535, hard)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
 
 
 def cpu_seconds(pid: int) -> float | None:

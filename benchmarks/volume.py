@@ -54,12 +54,9 @@ import math
 import os
 import platform
 import random
-import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -79,6 +76,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from auth import passwords  # noqa: E402
+from benchmarks import generator  # noqa: E402
+from benchmarks.generator import raise_file_limit  # noqa: E402
 from models.db import SCHEMA_VERSION  # noqa: E402
 from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError  # noqa: E402
 from tests.process import Server, app_env  # noqa: E402
@@ -86,7 +85,6 @@ from tests.process import Server, app_env  # noqa: E402
 DATA_DIR = ROOT / "benchmarks" / ".volume-data"
 QUICK_DATA_DIR = DATA_DIR / "quick"
 LOADGEN = ROOT.parent / "shared" / "bench" / "loadgen.js"
-NODE_SCRATCH = Path(tempfile.gettempdir()) / "parcel-tracking-bench-node"
 
 DB_NAME = "parcel_tracking"
 MARKER_ID = "volume-loaded"
@@ -849,25 +847,12 @@ async def new_assigned_parcel(http: Http, token: str, s: Subjects) -> int:
 
 
 def node_modules() -> Path | None:
-    """`ws` for the load generator: BENCH_NODE_MODULES, or an npm install in a scratch folder outside the repo."""
-    given = os.environ.get("BENCH_NODE_MODULES")
-    if given and (Path(given) / "ws").is_dir():
-        return Path(given)
-    target = NODE_SCRATCH / "node_modules"
-    if (target / "ws").is_dir():
-        return target
-    if not shutil.which("npm") or not shutil.which("node"):
-        print("load test: node and npm are needed for the load generator; skipping it")
+    """`ws` for the load generator (benchmarks/generator.py's), or None: the load test is skipped."""
+    try:
+        return generator.node_modules()
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        print(f"load test: {e}; skipping it")
         return None
-    NODE_SCRATCH.mkdir(parents=True, exist_ok=True)
-    shutil.copy(LOADGEN.parent / "package.json", NODE_SCRATCH / "package.json")
-    print(f"load test: npm install into {NODE_SCRATCH}")
-    done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=NODE_SCRATCH,
-                          capture_output=True, text=True)
-    if done.returncode != 0 or not (target / "ws").is_dir():
-        print(f"load test: npm install failed ({done.stderr.strip()[-300:]}); skipping it")
-        return None
-    return target
 
 
 def located(db: MongoDatabase, parcel_ids: Iterable[int], since: datetime) -> dict[int, int]:
@@ -1047,14 +1032,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.load_seconds < 1 or args.runs < 1:
         parser.error("--load-seconds and --runs must be positive")
     return args
-
-
-def raise_file_limit() -> None:
-    """About one descriptor per socket on each side: the server inherits this."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65535 if hard == resource.RLIM_INFINITY else min(65535, hard)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def main(argv: list[str] | None = None) -> int:
