@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+LIFELINE = Path(__file__).with_name("lifeline.py")
 START_TIMEOUT = 20.0  # seconds to wait for the first ping
 JOIN_TIMEOUT = 15.0  # seconds a command waits for a running server to bring its database back
 
@@ -48,6 +48,7 @@ class EmbeddedDatabase:
         self.started_here = False
         self._users_fd: int | None = None
         self._process: subprocess.Popen | None = None  # when this process started it (reaped by poll)
+        self._lifeline: int | None = None  # its lifeline's write end (models/lifeline.py)
 
     def start(self) -> str:
         """Start the database (or join the running one) and return its URI."""
@@ -112,8 +113,17 @@ class EmbeddedDatabase:
                 if state:
                     _terminate(state["pid"])
                 self.state_file.unlink(missing_ok=True)
+                self._hold_lifeline(None)
             os.close(self._users_fd)
             self._users_fd = None
+
+    def _hold_lifeline(self, fd: int | None) -> None:
+        """Keep `fd` as the lifeline of the database this process started, letting go of the
+        one before (a database that died, or was stopped). A database other commands still
+        use keeps its lifeline until this process ends."""
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+        self._lifeline = fd
 
     def _read_state(self) -> dict | None:
         try:
@@ -131,21 +141,29 @@ class EmbeddedDatabase:
     def _spawn(self, port: int | None = None) -> dict:
         port = port or _free_port()
         command = [
-            # It ends with the command that started it, even one killed with SIGKILL (SIGTERM,
-            # which makes it write its files out): no orphan outlives the data dir's users.
+            # It ends with the command that started it, even one killed with SIGKILL (one SIGTERM,
+            # on which it writes its files out): no orphan outlives the data dir's users.
             # A server that joined a database some command started restarts it (app.supervise).
-            *(["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []),
+            sys.executable, str(LIFELINE),
             sys.executable, "-m", "secantus",
             "--host", "127.0.0.1", "--port", str(port),
             "--storage-path", str(self.storage),
             "--standalone", "--log-level", "WARNING",
         ]
-        with open(self.log_file, "ab") as log:
-            # A session of its own: Ctrl-C in the terminal reaches the app, which
-            # then stops the database in order, instead of both dying at once.
-            process = subprocess.Popen(  # umask: its files are the owner's alone (0600)
-                command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077
-            )
+        lifeline, held = os.pipe()  # this process holds `held` until it stops the database or ends
+        try:
+            with open(self.log_file, "ab") as log:
+                # A session of its own: Ctrl-C in the terminal reaches the app, which
+                # then stops the database in order, instead of both dying at once.
+                process = subprocess.Popen(  # umask: its files are the owner's alone (0600)
+                    command, stdout=log, stderr=log, stdin=lifeline, start_new_session=True, umask=0o077
+                )
+        except OSError:
+            os.close(held)
+            raise
+        finally:
+            os.close(lifeline)
+        self._hold_lifeline(held)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -199,13 +217,18 @@ def _free_port() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Is `pid` running? A zombie (ended, not yet reaped by whoever inherited it) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: kill(0) is all there is to go on
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _ping(port: int, timeout: float) -> bool:

@@ -136,7 +136,8 @@ def test_the_database_killed_under_a_live_drive_comes_back_with_every_sample(tmp
             time.sleep(0.2)
         state = json.loads((tmp_path / "db-server.json").read_text())
         assert state["pid"] != first_pid and _alive(state["pid"]) and not _alive(first_pid)
-        databases = subprocess.run(["pgrep", "-f", f"secantus.*{tmp_path}"], capture_output=True, text=True)
+        # The database's own command line (its lifeline's watcher names it too, after lifeline.py).
+        databases = subprocess.run(["pgrep", "-f", f"^[^ ]+ -m secantus .*{tmp_path}"], capture_output=True, text=True)
         assert databases.stdout.split() == [str(state["pid"])]  # one database, the server's
 
         async def subscribe_again() -> None:
