@@ -8,7 +8,7 @@ import re
 import time
 from datetime import datetime
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser.conftest import PASSWORD, screenshot, truck
 
@@ -42,7 +42,7 @@ def waiting(page: Page) -> int:
     return int(found.group(1))
 
 
-def queue_offline(page: Page, context, fix: dict) -> None:
+def queue_offline(page: Page, context: BrowserContext, fix: dict) -> None:
     """Move the offline driver to `fix` and wait until the queue holds it. The page shows the
     new fix first (#accuracy); a period that began just before may still be queueing the
     fix from before, so the queue is watched for two more fixes: the second is the new one."""
