@@ -60,6 +60,7 @@ def raise_file_limit() -> int:
 
 
 def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process in seconds, from /proc/<pid>/stat (None once it is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

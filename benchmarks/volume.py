@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 from auth import passwords  # noqa: E402
 from benchmarks import generator  # noqa: E402
-from benchmarks.generator import raise_file_limit  # noqa: E402
+from benchmarks.generator import cpu_seconds, raise_file_limit  # noqa: E402
 from models.db import SCHEMA_VERSION  # noqa: E402
 from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError  # noqa: E402
 from tests.process import Server, app_env  # noqa: E402
@@ -103,7 +103,6 @@ DRAIN_TIMEOUT_S = 30.0
 BATCH = 1000
 SAMPLE_SPACING_S = 25.0  # a 5 s device interval, every 5th update kept
 RETENTION_DAYS = 89  # one day inside the 90-day retention, so no sample expires right away
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 CENTRE_BOX = ((28.4, 28.8), (77.0, 77.4))  # New Delhi
 ACTIVE_FLOW = ("assigned", "picked_up", "in_transit")
@@ -508,16 +507,6 @@ def start_server(server: Server) -> None:
 
 def database_pid(data_dir: Path) -> int:
     return int(json.loads((data_dir / "db-server.json").read_text())["pid"])
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # -- measuring ---------------------------------------------------------------------
