@@ -5,6 +5,7 @@ the hub.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import re
@@ -205,13 +206,15 @@ class Socket(tornado.websocket.WebSocketHandler):
         if self.user is None or self.ws_connection is None or self.ws_connection.is_closing():
             return  # rejected or revoked: frames the peer sent before it saw our close are dropped
         self.hub.metrics.messages_by_kind[self.kind].inc()
-        try:
-            parsed = protocol.parse_message(message)
-            size = len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
-            if size > MAX_FRAME and parsed["type"] != "location_batch":
+        parsed = None
+        if _frame_size(message) > MAX_FRAME:  # only a location_batch may be bigger (docs/protocol.md)
+            with contextlib.suppress(protocol.ProtocolError):
+                parsed = protocol.parse_message(message)
+            if parsed is None or parsed["type"] != "location_batch":
                 return self.close(1009, "message too big")
-            self._check_rate()
-            self.receive(parsed)
+        try:
+            self._check_rate()  # before parsing: a refused frame counts too
+            self.receive(parsed or protocol.parse_message(message))
         except protocol.ProtocolError as e:
             self.send_text(protocol.error(str(e)))
 
@@ -360,3 +363,10 @@ def authorise_location(user: User, state: ParcelState) -> None:
 def may_send_location(user: User, state: ParcelState) -> bool:
     """`authorise_location` as a question (a route skips a parcel reassigned or finished a moment ago)."""
     return can_send_location(user, state.driver_id) and not state.finished
+
+
+def _frame_size(message: str | bytes) -> int:
+    """A frame's length in bytes (a text frame arrives decoded, a binary one as bytes)."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode("utf-8", "surrogatepass"))

@@ -568,6 +568,40 @@ async def test_a_frame_over_4_kib_closes_the_socket_with_1009(world):
     await expect_closed(driver, 1009)
 
 
+
+@pytest.mark.gen_test
+async def test_frames_that_are_refused_count_against_the_rate_limit_too(world):
+    """Ten frames that are not JSON in a second, then a good fix: refused for the rate, so
+    a peer cannot make the server answer without limit."""
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    for _ in range(10):
+        driver.write_message("not json")
+    for _ in range(10):
+        await expect_error(driver, "not valid JSON")
+    driver.write_message(location(20.0, 1.0))
+    await expect_error(driver, "too many messages")
+
+
+@pytest.mark.gen_test
+async def test_a_frame_over_4_kib_closes_even_when_it_is_not_json(world):
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    driver.write_message("x" * 4097)
+    await expect_closed(driver, 1009)
+
+
+@pytest.mark.gen_test
+async def test_a_binary_frame_is_read_like_a_text_frame(world):
+    """A binary frame arrives as bytes: one holding UTF-8 JSON (an address with non-ASCII
+    letters) is a location like any other."""
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    frame = json.dumps({"type": "location_update", "lat": 1.0, "lng": 2.0, "address": "Chāndni Chowk"},
+                       ensure_ascii=False).encode()
+    driver.write_message(frame, binary=True)
+    assert (await expect_update(driver, 1.0, 2.0))["location"]["address"] == "Chāndni Chowk"
+
 # -- status changes and reassignment ------------------------------------------------------------------------
 
 
