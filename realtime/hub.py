@@ -133,7 +133,7 @@ class Hub:
         self._accepted: dict[int, int] = {}
         self._unsaved: dict[int, Position] = {}
         self._board_sent: dict[int, float] = {}  # when each parcel's location last went to the boards
-        self._board_waiting: dict[int, str] = {}  # the latest location held back from the boards
+        self._board_waiting: dict[int, bytes] = {}  # the latest location frame held back from the boards
         self._stale: set[int] = set()  # parcels whose copy is being re-read
         self._users: dict[int, tuple[User, float]] = {}  # users seen at handshakes, with when
         self._tasks: set[asyncio.Task] = set()
@@ -385,10 +385,10 @@ class Hub:
         if kind == "location":
             message = event["message"]
             self._latest[parcel_id] = message
-            text = protocol.encode(message)
-            self._send(parcel_id, text, message)
+            frame = text_frame(protocol.encode(message))
+            self._send_frame(parcel_id, frame, message)
             if self._boards:
-                self._to_boards(parcel_id, text)
+                self._to_boards(parcel_id, frame)
             self.metrics.broadcast_latency.observe(max(0.0, time.time() - event["accepted"]))
         elif kind == "geofence":
             self._send(parcel_id, protocol.geofence(parcel_id, event["zone"], event["event"], event["timestamp"]))
@@ -417,14 +417,14 @@ class Hub:
         if finished:
             self._close_links(parcel_id, shares.NOT_LIVE.format(status=status))
         if self._boards:
-            text = protocol.status(parcel_id, status, now, driver_id)
-            for board in list(self._boards):
-                board.send_text(text)
+            self._tell_boards(text_frame(protocol.status(parcel_id, status, now, driver_id)))
 
-    def _send(self, parcel_id: int, text: str, message: dict[str, Any] | None = None) -> None:
+    def _send(self, parcel_id: int, text: str) -> None:
+        self._send_frame(parcel_id, text_frame(text))
+
+    def _send_frame(self, parcel_id: int, frame: bytes, message: dict[str, Any] | None = None) -> None:
         """One frame to every subscriber of the parcel; a viewer gets `message` without user ids."""
         subscribers = list(self._subscribers.get(parcel_id, ()))
-        frame = text_frame(text)
         viewer_frame = None
         for subscriber in subscribers:
             if message is not None and subscriber.user.role == VIEWER:
@@ -434,26 +434,26 @@ class Hub:
                 subscriber.send_frame(frame)
         self.metrics.broadcasts_out.inc(len(subscribers))
 
-    def _to_boards(self, parcel_id: int, text: str) -> None:
+    def _to_boards(self, parcel_id: int, frame: bytes) -> None:
         """A location for the boards, conflated: at most one per parcel per BOARD_INTERVAL,
         the latest one waiting sent when the interval ends."""
         now = time.monotonic()
         due = self._board_sent.get(parcel_id, -BOARD_INTERVAL) + BOARD_INTERVAL
         if now >= due and parcel_id not in self._board_waiting:
-            self._board_send(parcel_id, text, now)
+            self._board_sent[parcel_id] = now
+            self._tell_boards(frame)
             return
         if parcel_id not in self._board_waiting:
             asyncio.get_running_loop().call_later(max(0.0, due - now), self._board_flush, parcel_id)
-        self._board_waiting[parcel_id] = text
+        self._board_waiting[parcel_id] = frame
 
     def _board_flush(self, parcel_id: int) -> None:
-        text = self._board_waiting.pop(parcel_id, None)
-        if text is not None:
-            self._board_send(parcel_id, text, time.monotonic())
+        frame = self._board_waiting.pop(parcel_id, None)
+        if frame is not None:
+            self._board_sent[parcel_id] = time.monotonic()
+            self._tell_boards(frame)
 
-    def _board_send(self, parcel_id: int, text: str, now: float) -> None:
-        self._board_sent[parcel_id] = now
-        frame = text_frame(text)
+    def _tell_boards(self, frame: bytes) -> None:
         for board in list(self._boards):
             board.send_frame(frame)
         self.metrics.broadcasts_out.inc(len(self._boards))
@@ -482,9 +482,15 @@ class Hub:
             if parcel_id in self._unsaved:
                 self._save_unsaved(parcel_id)
             self._accepted.pop(parcel_id, None)
-            self._latest.pop(parcel_id, None)
-            self._journeys.pop(parcel_id, None)
+            self._forget_position(parcel_id)
             self._board_sent.pop(parcel_id, None)
+
+    def _forget_position(self, parcel_id: int) -> None:
+        """The driver's position is no longer the parcel's (it finished, or has another driver):
+        no snapshot, journey or held board update of it is sent later."""
+        self._latest.pop(parcel_id, None)
+        self._journeys.pop(parcel_id, None)
+        self._board_waiting.pop(parcel_id, None)
 
     def _end_sessions(self, user_id: int) -> None:
         self._users.pop(user_id, None)
@@ -497,8 +503,7 @@ class Hub:
     def _revoke_driver(self, parcel_id: int, driver_id: int) -> None:
         """A replaced driver's parcel sockets are closed (4403); their position is not the
         parcel's now. (Their route socket only drops the parcel.)"""
-        self._latest.pop(parcel_id, None)
-        self._journeys.pop(parcel_id, None)
+        self._forget_position(parcel_id)
         for subscriber in list(self._subscribers.get(parcel_id, ())):
             if subscriber.kind == "tracking" and subscriber.user.role == "driver" and subscriber.user.id == driver_id:
                 self.unsubscribe(subscriber, parcel_id)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import World, recv
 from tests.test_driver_socket import fix
-from tests.test_tracking_socket import expect_closed, expect_error, expect_update, subscribed
+from tests.test_tracking_socket import expect_closed, expect_error, expect_update, nothing_arrives, subscribed
 
 
 async def board(world: World, dispatcher):
@@ -75,3 +75,26 @@ async def test_statuses_come_with_their_driver_and_locations_at_most_once_a_seco
     assert [lat for _, lat in seen] == [28.5, 28.5 + 9 / 1000]  # the first at once, then only the latest
     assert seen[0][0] - began < 0.5  # at once (a loaded machine may take a moment)
     assert 0.95 <= seen[1][0] - seen[0][0] <= 1.8  # when the second ended
+
+
+@pytest.mark.gen_test
+async def test_a_location_held_back_is_dropped_when_its_parcel_finishes(world):
+    """The board's latest-wins wait must not outlive the parcel: a location held for the
+    end of the second is not sent after the parcel's final status (the page would draw a
+    finished parcel again)."""
+    client, driver, dispatcher = [await world.user(role) for role in ("client", "driver", "dispatcher")]
+    parcel = await world.parcel(client, driver, status="in_transit")
+    ws, _ = await board(world, dispatcher)
+    sender = await subscribed(world, parcel["_id"], driver)
+    for lat in (28.5, 28.6):  # the second within the second: held back
+        sender.write_message(fix(lat, 77.1))
+        await expect_update(sender, lat, 77.1)
+    assert (await recv(ws))["location"]["lat"] == 28.5
+    first_sent = time.monotonic()
+    delivered = await world.api("POST", f"/api/parcels/{parcel['_id']}/status/", driver, {"status": "delivered"})
+    assert delivered.code == 200
+    status = await recv(ws)
+    assert (status["type"], status["status"]) == ("status", "delivered"), status
+    # The held 28.6 would go when the second ends: wait past that, then hear nothing.
+    await asyncio.sleep(max(0.0, first_sent + 1.1 - time.monotonic()))
+    await nothing_arrives(ws)
