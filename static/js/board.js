@@ -15,9 +15,8 @@
  */
 
 import { baseMap, truckMarker } from "./fleet-map.js";
-import { onLogout } from "./logout.js";
-import { TrackingSocket } from "./tracking-socket.js";
-import { dataJSON, duration, everySecond, showConnection, toast } from "./ui.js";
+import { connectWhileShown, TrackingSocket } from "./tracking-socket.js";
+import { dataJSON, duration, everySecond, plural, showConnection, toast } from "./ui.js";
 
 const root = document.getElementById("board");
 // The server's rules (handlers/pages.py), not copies of them.
@@ -160,9 +159,8 @@ function sortList() {
 }
 
 function drawSummary() {
-  const active = [...parcels.values()].length;
   const stale = [...trucks.values()].filter((t) => t.stale).length;
-  const parts = [`${trucks.size} ${trucks.size === 1 ? "truck" : "trucks"}`, `${active} active ${active === 1 ? "parcel" : "parcels"}`];
+  const parts = [plural(trucks.size, "truck", "trucks"), plural(parcels.size, "active parcel", "active parcels")];
   if (stale) parts.push(`${stale} not reporting`);
   summary.textContent = boardSeen ? parts.join(" · ") : "Waiting for the live board…";
   document.getElementById("board-empty").hidden = trucks.size > 0 || !boardSeen;
@@ -253,7 +251,4 @@ everySecond(() => {
   for (const driverId of trucks.keys()) drawTruck(driverId);
   drawSummary();
 });
-socket.connect();
-window.addEventListener("pagehide", () => socket.disconnect());
-onLogout(() => socket.disconnect());
-window.addEventListener("pageshow", (event) => { if (event.persisted) socket.connect(); });
+connectWhileShown(() => [socket]);

@@ -14,12 +14,12 @@
  * An echoed fix with quality "low" shows the "weak GPS" warning.
  */
 
-import { setParcelStatus } from "./api.js";
-import { OfflineQueue } from "./offline-queue.js";
+import { queueFor } from "./offline-queue.js";
 import { Outbox } from "./outbox.js";
 import { PositionSharing } from "./position-sharing.js";
+import { pressStep, SharingFacts } from "./sharing-facts.js";
 import { TrackingSocket } from "./tracking-socket.js";
-import { clock, dataJSON, duration, everySecond, showConnection, showStatus, toast } from "./ui.js";
+import { dataJSON, showConnection, showStatus, toast } from "./ui.js";
 
 const root = document.getElementById("driver");
 const parcelId = Number(root.dataset.parcelId);
@@ -33,7 +33,7 @@ const toggle = $("tracking-toggle");
 const stepButtons = [...document.querySelectorAll(".button-step")];
 
 let status = root.dataset.status;
-let lastSent = null; // when the latest fix went out (ms)
+const facts = new SharingFacts();
 
 // -- what the driver sees ------------------------------------------------------------
 
@@ -45,25 +45,13 @@ function showTracking() {
   if (!FINISHED.has(status)) $("tracking-help").textContent = tracking ? texts.help_on : texts.help_off;
 }
 
-function showProblem(text) {
-  const box = $("geo-message");
-  box.textContent = text;
-  box.hidden = !text;
-}
-
 function showFix(fix) {
+  facts.fix(fix);
   const c = fix.coords;
-  $("accuracy").textContent = Number.isFinite(c.accuracy) ? `±${Math.round(c.accuracy)} m` : "Unknown";
   const parts = [];
   if (Number.isFinite(c.heading)) parts.push(`heading ${Math.round(c.heading)}°`);
   if (Number.isFinite(c.speed)) parts.push(`${Math.round(c.speed * 3.6)} km/h`);
   $("motion").textContent = parts.length ? parts.join(", ") : "Unknown";
-}
-
-function showLastSent() {
-  const el = $("last-sent");
-  el.textContent = lastSent ? `${duration(Date.now() - lastSent)} ago` : "Not yet";
-  el.title = lastSent ? `at ${clock(lastSent)}` : "";
 }
 
 function setStatus(next) {
@@ -78,12 +66,6 @@ function setStatus(next) {
 }
 
 // -- sending the position -------------------------------------------------------------
-
-function showWaiting(count) {
-  const box = $("queue-count");
-  box.hidden = count === 0;
-  box.textContent = `${count} ${count === 1 ? "position" : "positions"} waiting to be sent`;
-}
 
 function showQuality(message) {
   const weak = message.quality === "low" && Boolean(rules.weak_gps_text);
@@ -103,23 +85,12 @@ const socket = new TrackingSocket({
   onError: (text) => toast(text, "error", 8000),
 });
 
-// Without the server's limit for it (rules.max_offline_fixes), nothing is queued: fixes taken offline are dropped.
-const queue = rules.max_offline_fixes
-  ? new OfflineQueue(`parcel:${root.dataset.driverId}:${parcelId}`, {
-    max: rules.max_offline_fixes,
-    maxAgeMs: rules.max_offline_age_s ? rules.max_offline_age_s * 1000 : undefined, // absent: the server judges age
-  })
-  : null;
 const outbox = new Outbox({
   socket,
-  queue,
+  queue: queueFor(`parcel:${root.dataset.driverId}:${parcelId}`, rules),
   parcelId,
-  onWaiting: showWaiting,
-  onSent(count, batched) {
-    lastSent = Date.now();
-    showLastSent();
-    if (batched) toast(`Sent ${count} ${count === 1 ? "position" : "positions"} kept while offline`, "success");
-  },
+  onWaiting: (count) => facts.waiting(count),
+  onSent: (count, batched) => facts.sent(count, batched),
 });
 
 // -- on and off -----------------------------------------------------------------------------
@@ -146,7 +117,7 @@ const sharing = new PositionSharing({
   },
   onChange: showTracking,
   onFix: showFix,
-  onProblem: showProblem,
+  onProblem: (text) => facts.problem(text),
   onWake(state, why) {
     $("wake-state").textContent = WAKE_TEXTS[state] || "May turn off";
     $("wake-state").title = why || "";
@@ -158,22 +129,13 @@ toggle.addEventListener("click", () => sharing.toggle());
 // -- the status buttons -------------------------------------------------------------------------
 
 async function changeStatus(button) {
-  const label = button.textContent.trim();
   for (const b of stepButtons) b.disabled = true;
-  $("step-message").textContent = `Saving “${label}”…`;
-  try {
-    const body = await setParcelStatus(parcelId, button.dataset.status);
-    setStatus(body.status);
-    $("step-message").textContent = `Marked as ${(labels[body.status] || body.status).toLowerCase()}.`;
-  } catch (error) {
-    setStatus(status);
-    $("step-message").textContent = `Could not change the status: ${error.message}.`;
-  }
+  const next = await pressStep(parcelId, button, labels, (text) => { $("step-message").textContent = text; });
+  setStatus(next ?? status);
 }
 
 for (const button of stepButtons) button.addEventListener("click", () => changeStatus(button));
 
 showConnection("offline", "turn tracking on to connect");
 showTracking();
-everySecond(showLastSent);
 outbox.countWaiting().catch(() => {});

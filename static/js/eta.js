@@ -21,11 +21,23 @@ export function roughDistance(metres) {
   return metres < 10000 ? `${(Math.round(metres / 100) / 10).toFixed(1)} km` : `${Math.round(metres / 1000)} km`;
 }
 
+/** "the pickup" or "the destination": where an ETA or a geofence `zone` points. */
+export function placeName(zone) {
+  return zone === "pickup" ? "the pickup" : "the destination";
+}
+
+const known = (eta) => Boolean(eta) && Number.isFinite(eta.seconds) && eta.seconds >= 0;
+
 /** The sentence for an ETA, or "" when there is none (unknown is shown as nothing). */
 export function etaSentence(eta) {
-  if (!eta || !Number.isFinite(eta.seconds) || eta.seconds < 0) return "";
-  const place = eta.to === "pickup" ? "the pickup" : "the destination";
-  return `Driver arrives at ${place} in ${roughDuration(eta.seconds)}`;
+  return known(eta) ? `Driver arrives at ${placeName(eta.to)} in ${roughDuration(eta.seconds)}` : "";
+}
+
+/** A driver's stop: "About 12 min to the pickup (1.2 km)", or "". */
+export function etaForStop(eta) {
+  if (!known(eta)) return "";
+  const away = Number.isFinite(eta.distance_m) && eta.distance_m >= 0 ? ` (${roughDistance(eta.distance_m)})` : "";
+  return `A${roughDuration(eta.seconds).slice(1)} to ${placeName(eta.to)}${away}`;
 }
 
 /** The smaller print under it: "3.1 km away", or "". */

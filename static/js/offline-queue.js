@@ -140,6 +140,18 @@ export class OfflineQueue {
   }
 }
 
+/**
+ * The queue of `scope` by the server's rules (the page's data-rules): null when the server
+ * gave no limit for it, and then fixes taken offline are dropped.
+ */
+export function queueFor(scope, rules) {
+  if (!rules.max_offline_fixes) return null;
+  return new OfflineQueue(scope, {
+    max: rules.max_offline_fixes,
+    maxAgeMs: rules.max_offline_age_s ? rules.max_offline_age_s * 1000 : undefined, // absent: the server judges age
+  });
+}
+
 /** The `locations` of a location_batch: each entry as the protocol names its keys. */
 export function batchLocations(entries) {
   return entries.map((e) => {

@@ -13,8 +13,7 @@
  */
 
 import { baseMap, truckMarker } from "./fleet-map.js";
-import { onLogout } from "./logout.js";
-import { TrackingSocket } from "./tracking-socket.js";
+import { connectWhileShown, TrackingSocket } from "./tracking-socket.js";
 import { dataJSON, showConnection, toast } from "./ui.js";
 
 const root = document.getElementById("parcels-map-card");
@@ -102,11 +101,5 @@ if (active.length) {
   }
   showNote();
   showPill();
-  for (const entry of entries.values()) entry.socket.connect();
-  const disconnectAll = () => { for (const e of entries.values()) e.socket.disconnect(); };
-  window.addEventListener("pagehide", disconnectAll);
-  onLogout(disconnectAll);
-  window.addEventListener("pageshow", (event) => {
-    if (event.persisted) for (const e of entries.values()) e.socket.connect();
-  });
+  connectWhileShown(() => [...entries.values()].map((entry) => entry.socket));
 }

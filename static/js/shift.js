@@ -16,12 +16,13 @@
  * The echoed broadcasts give each stop its ETA and the "weak GPS" warning.
  */
 
-import { setParcelStatus } from "./api.js";
-import { OfflineQueue } from "./offline-queue.js";
+import { etaForStop, placeName } from "./eta.js";
+import { queueFor } from "./offline-queue.js";
 import { Outbox } from "./outbox.js";
 import { PositionSharing } from "./position-sharing.js";
+import { pressStep, SharingFacts } from "./sharing-facts.js";
 import { loginUrl, TrackingSocket } from "./tracking-socket.js";
-import { clock, dataJSON, duration, everySecond, showConnection, toast } from "./ui.js";
+import { dataJSON, plural, showConnection, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("shift");
@@ -31,16 +32,12 @@ const { labels } = rules;
 const SEND_EVERY_MS = rules.send_every_s * 1000;
 const toggle = $("shift-toggle");
 
-let lastSent = null; // when a fix last went out (ms)
+const facts = new SharingFacts();
 let active = [...document.querySelectorAll("#route [data-parcel-id]")].map((el) => Number(el.dataset.parcelId));
 const live = new Map(); // parcel id → {eta, weak}: from the echoed broadcasts
 const messages = new Map(); // parcel id → the latest step message, kept across list refreshes
 
 // -- what the driver sees ---------------------------------------------------------------
-
-function plural(n, one, many) {
-  return `${n} ${n === 1 ? one : many}`;
-}
 
 function showShift() {
   const onShift = sharing.on;
@@ -53,34 +50,10 @@ function showShift() {
     : "Not sharing";
 }
 
-function showProblem(text) {
-  $("geo-message").textContent = text;
-  $("geo-message").hidden = !text;
-}
-
-function showWaiting(count) {
-  const box = $("queue-count");
-  box.hidden = count === 0;
-  box.textContent = `${plural(count, "position", "positions")} waiting to be sent`;
-}
-
-function showLastSent() {
-  const el = $("last-sent");
-  el.textContent = lastSent ? `${duration(Date.now() - lastSent)} ago` : "Not yet";
-  el.title = lastSent ? `at ${clock(lastSent)}` : "";
-}
-
 function showWeak() {
   const weak = active.some((id) => live.get(id)?.weak);
   $("weak-gps").hidden = !weak;
   $("weak-gps").textContent = rules.weak_gps_text;
-}
-
-function etaText(eta) {
-  if (!eta) return "";
-  const km = eta.distance_m >= 1000 ? `${(eta.distance_m / 1000).toFixed(1)} km` : `${eta.distance_m} m`;
-  const to = eta.to === "pickup" ? "the pickup" : "the destination";
-  return `About ${duration(eta.seconds * 1000)} to ${to} (${km})`;
 }
 
 /** Each stop's ETA, weak-GPS mark and latest message: after every echo and list refresh. */
@@ -88,7 +61,7 @@ function showStops() {
   for (const el of document.querySelectorAll("[data-live-for]")) {
     const state = live.get(Number(el.dataset.liveFor));
     const parts = [];
-    if (state?.eta) parts.push(etaText(state.eta));
+    if (etaForStop(state?.eta)) parts.push(etaForStop(state.eta));
     if (state?.weak) parts.push(rules.weak_gps_text);
     el.textContent = parts.join(" · ");
     el.hidden = !parts.length;
@@ -151,17 +124,12 @@ function setActive(ids) {
 
 async function changeStatus(button) {
   const parcelId = Number(button.dataset.parcelId);
-  const label = button.firstChild.textContent.trim();
   for (const b of button.parentElement.querySelectorAll("button")) b.disabled = true;
   button.classList.add("is-saving"); // stays in sight until the list comes back from the server
-  messages.set(parcelId, `Saving “${label}”…`);
-  showStops();
-  try {
-    const body = await setParcelStatus(parcelId, button.dataset.status);
-    messages.set(parcelId, `Marked as ${(labels[body.status] || body.status).toLowerCase()}.`);
-  } catch (error) {
-    messages.set(parcelId, `Could not change the status: ${error.message}.`);
-  }
+  await pressStep(parcelId, button, labels, (text) => {
+    messages.set(parcelId, text);
+    showStops();
+  });
   await refreshList();
 }
 
@@ -171,16 +139,6 @@ $("deliveries").addEventListener("click", (event) => {
 });
 
 // -- sending the position -------------------------------------------------------------------
-
-const queue = new OfflineQueue(`driver:${root.dataset.driverId}`, {
-  max: rules.max_offline_fixes,
-  maxAgeMs: rules.max_offline_age_s ? rules.max_offline_age_s * 1000 : undefined, // absent: the server judges age
-});
-
-function sent() {
-  lastSent = Date.now();
-  showLastSent();
-}
 
 const socket = new TrackingSocket({
   path: "/ws/driver/",
@@ -192,7 +150,7 @@ const socket = new TrackingSocket({
   onMessage(message) {
     if (message.type === "subscribed" || message.type === "parcels") setActive(message.parcels || []);
     else if (message.type === "geofence" && message.event === "enter") {
-      toast(`Parcel #${message.parcel_id}: you are at the ${message.zone === "pickup" ? "pickup" : "destination"}`, "info");
+      toast(`Parcel #${message.parcel_id}: you are at ${placeName(message.zone)}`, "info");
     }
   },
   onLocation(location, message) {
@@ -208,12 +166,9 @@ const socket = new TrackingSocket({
 
 const outbox = new Outbox({
   socket,
-  queue,
-  onWaiting: showWaiting,
-  onSent(count, batched) {
-    sent();
-    if (batched) toast(`Sent ${plural(count, "position", "positions")} kept while offline`, "success");
-  },
+  queue: queueFor(`driver:${root.dataset.driverId}`, rules),
+  onWaiting: (count) => facts.waiting(count),
+  onSent: (count, batched) => facts.sent(count, batched),
 });
 
 // -- on and off -----------------------------------------------------------------------------------
@@ -234,11 +189,8 @@ const sharing = new PositionSharing({
   },
   canSend: () => active.length > 0,
   onChange: showShift,
-  onFix(position) {
-    const c = position.coords;
-    $("accuracy").textContent = Number.isFinite(c.accuracy) ? `±${Math.round(c.accuracy)} m` : "Unknown";
-  },
-  onProblem: showProblem,
+  onFix: (position) => facts.fix(position),
+  onProblem: (text) => facts.problem(text),
   onWake(state, why) { // the screen
     $("wake-state").textContent = { on: "Kept on during your shift", off: "May turn off" }[state] || "May turn off";
     $("wake-state").title = why || "";
@@ -252,4 +204,3 @@ showConnection("offline", "start your shift to connect");
 showShift();
 showStops();
 outbox.countWaiting().catch(() => {});
-everySecond(showLastSent);

@@ -14,7 +14,7 @@
  * unless "Follow driver" is on.
  */
 
-import { etaDetail, etaSentence } from "./eta.js";
+import { etaDetail, etaSentence, placeName } from "./eta.js";
 import { Truck } from "./glide.js";
 import { addLegend, marker } from "./markers.js";
 import { Notifier } from "./notify.js";
@@ -22,7 +22,7 @@ import { DrivenPath, metres } from "./path.js";
 import { Replay } from "./replay.js";
 import { shareControls } from "./share.js";
 import { Timeline } from "./timeline.js";
-import { TrackingSocket } from "./tracking-socket.js";
+import { connectWhileShown, TrackingSocket } from "./tracking-socket.js";
 import { dataJSON, duration, everySecond, showConnection, showStatus, toast } from "./ui.js";
 
 const L = window.L;
@@ -168,7 +168,7 @@ function showNearby(zone) {
   if (!box) return;
   box.hidden = !zone || FINISHED.has(status);
   box.dataset.zone = zone || "";
-  $("nearby-detail").textContent = zone ? `Close to the ${zone === "pickup" ? "pickup" : "destination"}.` : "";
+  $("nearby-detail").textContent = zone ? `Close to ${placeName(zone)}.` : "";
 }
 
 function tick() {
@@ -264,7 +264,7 @@ function onMessage(message) {
   if (message.event === "exit") return showNearby(null);
   if (message.event !== "enter") return;
   showNearby(message.zone);
-  const where = message.zone === "pickup" ? "the pickup" : "the destination";
+  const where = placeName(message.zone);
   notifier.notify("Driver is nearby", `${parcelName}: the driver is close to ${where}.`, `nearby-${message.zone}`);
 }
 
@@ -295,6 +295,4 @@ const socket = new TrackingSocket({
   onError: (text) => { if (!shareToken) toast(text, "error", 8000); }, // a link's errors: the page says it whole
   onState,
 });
-socket.connect();
-window.addEventListener("pagehide", () => socket.disconnect());
-window.addEventListener("pageshow", (event) => { if (event.persisted) socket.connect(); });
+connectWhileShown(() => [socket]);

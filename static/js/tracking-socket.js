@@ -17,6 +17,8 @@
  * share token, used as it is; a 4401 then stops it, since no new one can be fetched).
  */
 
+import { onLogout } from "./logout.js";
+
 const TOKEN_URL = "/api/token/ws/";
 const FIRST_DELAY = 1000;
 const MAX_DELAY = 30000;
@@ -161,15 +163,11 @@ export class TrackingSocket {
     } catch {
       return;
     }
-    if (message.type === "subscribed") {
+    if (message.type === "subscribed" || message.type === "board") { // the board's snapshot is its "subscribed"
       this.attempt = 0;
       this.tokenRetries = 0;
       this._setState("live", "");
       if (message.status) this.onStatus(message.status, message);
-      this.onMessage(message);
-    } else if (message.type === "board") {
-      this.attempt = 0;
-      this._setState("live", "");
       this.onMessage(message);
     } else if (message.type === "location_update" && message.location) {
       this.onLocation(message.location, message);
@@ -223,4 +221,19 @@ export class TrackingSocket {
     this.state = state;
     this.onState(state, detail);
   }
+}
+
+/**
+ * A watching page's sockets live as long as the page is shown: connected now, closed when
+ * the page is left or its "Log out" form is sent (logout.js says why), connected again when
+ * the browser brings the page back from its cache. `sockets()`: the page's sockets now (a
+ * parcel that finished has left the client's map).
+ */
+export function connectWhileShown(sockets) {
+  const connectAll = () => { for (const socket of sockets()) socket.connect(); };
+  const disconnectAll = () => { for (const socket of sockets()) socket.disconnect(); };
+  connectAll();
+  window.addEventListener("pagehide", disconnectAll);
+  onLogout(disconnectAll);
+  window.addEventListener("pageshow", (event) => { if (event.persisted) connectAll(); });
 }

@@ -50,6 +50,11 @@ export function duration(ms) {
   return m % 60 ? `${h} h ${m % 60} min` : `${h} h`;
 }
 
+/** "1 parcel", "3 parcels" */
+export function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 /** A local clock time such as 10:15:30. */
 export function clock(time) {
   return new Date(time).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
