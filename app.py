@@ -63,8 +63,9 @@ class Application(tornado.web.Application):
         self.db = open_database(config, mongodb_uri)
         writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
                               parcel_interval=config.last_location_interval)
-        self.hub = Hub(self.db, writer, config.location_sample_every, config.broker_url, config.parcel_state_ttl,
-                       config.shutdown_timeout, geofence_radius_m=config.geofence_radius_m)
+        self.hub = Hub(self.db, writer, sample_every=config.location_sample_every, broker_url=config.broker_url,
+                       state_ttl=config.parcel_state_ttl, shutdown_timeout=config.shutdown_timeout,
+                       geofence_radius_m=config.geofence_radius_m)
         self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
         self.limits = Limits()

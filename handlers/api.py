@@ -20,7 +20,7 @@ from models.access import (
     may_set_status,
     names_owner,
 )
-from models.db import MAX_ID, iso, json_id, utcnow
+from models.db import MAX_ID, iso, json_id, parse_iso, utcnow
 
 
 class TokenHandler(ApiHandler):
@@ -280,10 +280,9 @@ class LocationsHandler(ParcelHandlerBase):
         if not raw:
             return None
         try:
-            moment = datetime.fromisoformat(raw)
+            return parse_iso(raw)
         except ValueError:
             raise Refused(400, "since must be an ISO 8601 timestamp, like 2026-01-08T10:15:30.123Z") from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class SharedLocationsHandler(LocationsHandler):

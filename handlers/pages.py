@@ -119,15 +119,21 @@ def content_security_policy(config: Settings, host: str) -> str:
     ])
 
 
-def page_rules(config: Settings | None = None, **more: Any) -> str:
+def page_rules(config: Settings, **more: Any) -> str:
     """What the live pages' scripts need to know of the server's rules, as JSON for a
     `data-rules` attribute: the scripts keep no copy of their own."""
-    rules = {"labels": STATUS_LABELS, "finished": sorted(parcels.FINISHED), "en_route": list(parcels.EN_ROUTE),
-             "status_order": list(parcels.STATUSES), "last_seen_after_s": LAST_SEEN_AFTER,
-             "history_page": MAX_HISTORY_PAGE, "send_every_s": DRIVER_SEND_EVERY, **more}
-    if config is not None:
-        rules["geofence_radius_m"] = config.geofence_radius_m
-    return json.dumps(rules)
+    return json.dumps({
+        "labels": STATUS_LABELS, "finished": sorted(parcels.FINISHED), "en_route": list(parcels.EN_ROUTE),
+        "status_order": list(parcels.STATUSES), "last_seen_after_s": LAST_SEEN_AFTER,
+        "history_page": MAX_HISTORY_PAGE, "send_every_s": DRIVER_SEND_EVERY,
+        "geofence_radius_m": config.geofence_radius_m, **more,
+    })
+
+
+def driver_rules(config: Settings) -> str:
+    """The rules of both driver pages: their texts and the offline queue's limits."""
+    return page_rules(config, texts=DRIVER_TEXTS, weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH,
+                      max_offline_age_s=MAX_OFFLINE_AGE)
 
 
 def place_text(point: dict[str, Any] | None) -> str:
@@ -386,9 +392,7 @@ class DriverParcelsPage(PageHandler):
                                            statuses=sorted(parcels.FINISHED))
         self.page("driver.html", active=[{**parcel_view(p), "steps": driver_steps(p)} for p in active],
                   finished=[parcel_view(p) for p in finished.parcels],
-                  rules_json=page_rules(self.config, texts=DRIVER_TEXTS,
-                                        weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH,
-                                        max_offline_age_s=MAX_OFFLINE_AGE),
+                  rules_json=driver_rules(self.config),
                   ws_url=self.config.public_ws_url)
 
 
@@ -407,9 +411,7 @@ class DriverParcelPage(PageHandler):
             parcel=view,
             steps=steps,
             help_text=finished if view["finished"] else DRIVER_TEXTS["help_off"],
-            rules_json=page_rules(self.config, texts=DRIVER_TEXTS,
-                                  weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH,
-                                  max_offline_age_s=MAX_OFFLINE_AGE),
+            rules_json=driver_rules(self.config),
             ws_url=self.config.public_ws_url,
         )
 

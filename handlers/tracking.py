@@ -6,7 +6,6 @@ the hub.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import re
 import time
@@ -129,16 +128,13 @@ class Socket(tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         apply_forwarded(self.request, self.application.config.trusted_proxies)
 
-    async def read(self, *reads: Awaitable[Any]) -> list[Any] | None:
-        """The results of database reads, or None once the socket has been closed with 1013
-        because the database did not answer within its deadline."""
+    async def read(self, read: Awaitable[Any]) -> list[Any] | None:
+        """A database read's result in a list of one (a read may answer None), or None once the
+        socket has been closed with 1013 because the database did not answer within its deadline."""
         try:
             with pymongo.timeout(self.application.config.database_deadline):
-                return [await read for read in reads]
+                return [await read]
         except PyMongoError as e:
-            for read in reads:
-                if inspect.iscoroutine(read):
-                    read.close()  # those never awaited
             if not unreachable(e):
                 raise
             self.hub.metrics.database_errors.inc()
@@ -298,16 +294,19 @@ class TrackingSocket(Socket):
             return self._reject(CLOSE_BAD_REQUEST, "parcel_id must be an integer")
         parcel_id = parse_id(raw_id)  # any other integer names no parcel
         claimed = self.credentials()
-        known = self.hub.known(parcel_id) if parcel_id else None  # no database read when the hub holds it
+        known = None
         if isinstance(claimed, tokens.Shared):
             user, parcel = await self.link(claimed, parcel_id)
-            known = None
-        elif known is not None:
-            user, parcel = await self.authenticate(claimed), known.parcel()
         else:
             user = await self.authenticate(claimed)
-            found = user and parcel_id and await self.read(parcels.get_parcel(self.application.db, parcel_id))
-            parcel = found[0] if found else None
+            # No database read when the hub holds the parcel. Looked up after the await, so the
+            # state cannot change (a status, the last subscriber leaving) before subscribe().
+            known = self.hub.known(parcel_id) if user and parcel_id else None
+            if known is not None:
+                parcel = known.parcel()
+            else:
+                found = user and parcel_id and await self.read(parcels.get_parcel(self.application.db, parcel_id))
+                parcel = found[0] if found else None
         if user is None or self.ws_connection is None or self.ws_connection.is_closing():
             return
         if parcel is None or not can_view(user, parcel):
@@ -324,11 +323,11 @@ class TrackingSocket(Socket):
         """A share link's viewer and its parcel; (None, None) once the socket has been closed for it."""
         if shared.parcel_id != parcel_id:
             return link_viewer(shared.parcel_id), None
-        found = await self.read(parcels.get_parcel(self.application.db, parcel_id))
+        found = await self.read(shares.resolve(self.application.db, shared, utcnow()))
         if found is None:
             return None, None
         parcel = found[0]
-        if not shares.still_valid(parcel, shared.version, utcnow()):
+        if parcel is None:
             return self._reject(CLOSE_UNAUTHENTICATED, shares.GONE), None
         if parcel["status"] in parcels.FINISHED:
             return self._reject(CLOSE_UNAUTHENTICATED, shares.NOT_LIVE.format(status=parcel["status"])), None

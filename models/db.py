@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -49,6 +51,18 @@ class DatabaseUnavailable(RuntimeError):
 IN_CHUNK = 25  # ids in one `$in` (the embedded server's `$in` costs the square of its length)
 
 
+async def find_by_ids(collection: Any, ids: Iterable[int | None],
+                      projection: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+    """The documents with these ids (None skipped), by id: `$in` queries of IN_CHUNK ids each
+    (the embedded server's `$in` costs the square of its length: 100 ids 17 ms, 25 ids 1 ms)."""
+    wanted = sorted({i for i in ids if i is not None})
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(wanted), IN_CHUNK):
+        async for doc in collection.find({"_id": {"$in": wanted[start:start + IN_CHUNK]}}, projection):
+            found[doc["_id"]] = doc
+    return found
+
+
 def unreachable(error: BaseException) -> bool:
     """Is this the database not answering (down, frozen, too slow), rather than refusing a request?"""
     return isinstance(error, ConnectionFailure) or (isinstance(error, PyMongoError) and error.timeout)
@@ -79,6 +93,12 @@ def stamp(ms: int) -> str:
     broadcast's timestamp is made thousands of times a second)."""
     second, milli = divmod(ms, 1000)
     return f"{_second_text(second)}{milli:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """An ISO 8601 timestamp from a client; one without a zone is UTC. ValueError if it is not one."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.access import User, visible_scope
-from models.db import IN_CHUNK, Database, iso, next_window, utcnow
+from models.db import Database, find_by_ids, iso, next_window, utcnow
 
 STATUSES = ("pending", "assigned", "picked_up", "in_transit", "delivered", "cancelled")
 FINISHED = frozenset({"delivered", "cancelled"})
@@ -91,13 +91,8 @@ async def get_parcel(db: Database, parcel_id: int) -> dict[str, Any] | None:
 
 
 async def get_parcels(db: Database, parcel_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The parcels with these ids, by id: `$in` queries of IN_CHUNK ids each (models.users.get_users)."""
-    wanted = sorted(set(parcel_ids))
-    found: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(wanted), IN_CHUNK):
-        async for doc in db.parcels.find({"_id": {"$in": wanted[start:start + IN_CHUNK]}}):
-            found[doc["_id"]] = doc
-    return found
+    """The parcels with these ids, by id."""
+    return await find_by_ids(db.parcels, parcel_ids)
 
 
 async def list_visible(

@@ -10,7 +10,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from models.access import ROLES, User
-from models.db import IN_CHUNK, Database, utcnow
+from models.db import Database, find_by_ids, utcnow
 
 MAX_EMAIL = 254
 # An address a mail server would take, in ASCII: no spaces, control characters or quoting.
@@ -97,15 +97,9 @@ async def find_by_email(db: Database, email: str) -> tuple[User, str] | None:
 
 
 async def get_users(db: Database, user_ids: Iterable[int | None]) -> dict[int, User]:
-    """The users with these ids (None skipped), by id: a few `$in` queries of IN_CHUNK ids
-    (the embedded server's `$in` costs the square of its length: 100 ids 17 ms, 25 ids 1 ms)."""
-    wanted = sorted({i for i in user_ids if i is not None})
-    found: dict[int, User] = {}
-    for start in range(0, len(wanted), IN_CHUNK):
-        chunk = wanted[start:start + IN_CHUNK]
-        async for doc in db.users.find({"_id": {"$in": chunk}}, {"password_hash": 0}):
-            found[doc["_id"]] = _user(doc)
-    return found
+    """The users with these ids (None skipped), by id."""
+    found = await find_by_ids(db.users, user_ids, {"password_hash": 0})
+    return {user_id: _user(doc) for user_id, doc in found.items()}
 
 
 async def list_users(db: Database, role: str) -> list[User]:

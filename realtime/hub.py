@@ -111,9 +111,9 @@ class Hub:
     """`state_ttl`: how long the hub trusts its copy of a parcel's driver and status
     before it re-reads it, so that a change made by another process (the CLI) lands."""
 
-    def __init__(self, db: Database, writer: SampleWriter, sample_every: int, broker_url: str = "",
-                 state_ttl: float = 5.0, shutdown_timeout: float = 7.0, metrics: Metrics | None = None,
-                 geofence_radius_m: float = 150.0) -> None:
+    def __init__(self, db: Database, writer: SampleWriter, *, sample_every: int, broker_url: str,
+                 state_ttl: float, shutdown_timeout: float, geofence_radius_m: float,
+                 metrics: Metrics | None = None) -> None:
         self.db = db
         self.metrics = metrics or Metrics()
         self.metrics.watch(self)
@@ -142,8 +142,9 @@ class Hub:
         await self.broker.start()
 
     def close_all(self) -> None:
-        """Close every socket as "going away" (1001), so pages reconnect to the next server."""
-        for subscribers in [*self._by_user.values(), self._boards]:
+        """Close every socket as "going away" (1001), so pages reconnect to the next server
+        (every socket, boards and routes too, is under its user)."""
+        for subscribers in list(self._by_user.values()):
             for subscriber in list(subscribers):
                 subscriber.close(1001, "the server is restarting")
 

@@ -108,9 +108,10 @@ class Journey:
         if self._low_quality(lat, lng, t, accuracy):
             return Observation(True, self.last_eta, ())
         self.last_good = (lat, lng, t)
-        here = (lat, lng)
-        crossings = tuple(self._cross(zone, distance_m(here, point)) for zone, point in self.targets.items())
-        self.last_eta = self._eta(here, t, target_of(status))
+        distances = {zone: distance_m((lat, lng), point) for zone, point in self.targets.items()}
+        crossings = tuple(self._cross(zone, d) for zone, d in distances.items())
+        target = target_of(status)
+        self.last_eta = self._eta(distances[target] if target else 0.0, t, target)
         return Observation(False, self.last_eta, tuple(c for c in crossings if c))
 
     def _low_quality(self, lat: float, lng: float, t: float, accuracy: float | None) -> bool:
@@ -132,13 +133,13 @@ class Journey:
             return zone, "exit"
         return None
 
-    def _eta(self, here: tuple[float, float], t: float, target: str | None) -> dict[str, Any] | None:
+    def _eta(self, remaining: float, t: float, target: str | None) -> dict[str, Any] | None:
+        """`remaining`: metres from the fix to `target` (None: the parcel heads nowhere we track)."""
         if target is None:
             self.closing = None
             return None
         if self.closing is None or self.closing.target != target:
             self.closing, self.last_eta = _Closing(target), None
-        remaining = distance_m(here, self.targets[target])
         self.closing.add(t, remaining)
         speed = self.closing.closing_speed()
         if speed is None or speed < MIN_CLOSING_MS:

@@ -8,11 +8,11 @@ here and nowhere else.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from models import geo
-from models.db import iso, utcnow
+from models.db import iso, parse_iso, utcnow
 from models.locations import EARLIEST_FIX, LATEST_FIX
 
 # Optional extras a driver may add, with the range each must lie in.
@@ -96,10 +96,9 @@ def _recorded_at(value: Any) -> datetime:
     if not isinstance(value, str) or len(value) > 40:
         raise geo.InvalidLocation("recorded_at must be an ISO 8601 timestamp")
     try:
-        moment = datetime.fromisoformat(value)
+        moment = parse_iso(value)
     except ValueError:
         raise geo.InvalidLocation("recorded_at must be an ISO 8601 timestamp") from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
