@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import World, recv
-from tests.test_driver_socket import fix
+from tests.conftest import World, location, recv
 from tests.test_tracking_socket import expect_closed, expect_error, expect_update, nothing_arrives, subscribed
 
 
@@ -38,7 +37,7 @@ async def test_the_snapshot_holds_every_active_parcel_where_it_is(world):
     waiting = await world.parcel(client)
     await world.parcel(client, driver, status="delivered")
     ws = await subscribed(world, moving["_id"], driver)
-    ws.write_message(fix(28.5, 77.1))
+    ws.write_message(location(28.5, 77.1))
     sent = await expect_update(ws, 28.5, 77.1)
     _, entries = await board(world, dispatcher)
     assert entries == [
@@ -67,7 +66,7 @@ async def test_statuses_come_with_their_driver_and_locations_at_most_once_a_seco
     watching = asyncio.ensure_future(watch())
     began = time.monotonic()
     for i in range(10):  # ten fixes in about half a second
-        sender.write_message(fix(28.5 + i / 1000, 77.1))
+        sender.write_message(location(28.5 + i / 1000, 77.1))
         await expect_update(sender, 28.5 + i / 1000, 77.1)
         await asyncio.sleep(0.05)
     await asyncio.sleep(2.5)
@@ -87,7 +86,7 @@ async def test_a_location_held_back_is_dropped_when_its_parcel_finishes(world):
     ws, _ = await board(world, dispatcher)
     sender = await subscribed(world, parcel["_id"], driver)
     for lat in (28.5, 28.6):  # the second within the second: held back
-        sender.write_message(fix(lat, 77.1))
+        sender.write_message(location(lat, 77.1))
         await expect_update(sender, lat, 77.1)
     assert (await recv(ws))["location"]["lat"] == 28.5
     first_sent = time.monotonic()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from models.db import iso
-from tests.conftest import World, body, recv
+from tests.conftest import World, body, location, recv
 from tests.test_tracking_socket import expect_closed, expect_error, expect_update, nothing_arrives, subscribed
 
 
@@ -29,10 +29,6 @@ async def day(world: World, n: int = 3):
     return client, driver, dispatcher, active
 
 
-def fix(lat: float, lng: float, **extra) -> str:
-    return json.dumps({"type": "location_update", "lat": lat, "lng": lng, **extra})
-
-
 async def history(world: World, parcel_id: int, user) -> list[dict]:
     await world.app.hub.writer.flush()
     return body(await world.api("GET", f"/api/parcels/{parcel_id}/locations/", user))["locations"]
@@ -45,7 +41,7 @@ async def test_one_fix_reaches_every_active_parcels_watchers_and_is_sampled_for_
     assert ids == [p["_id"] for p in active]  # the route's order: oldest first, finished ones left out
     watchers = [await subscribed(world, p["_id"], client) for p in active]
     for i in range(5):  # every 5th accepted update is sampled
-        ws.write_message(fix(28.60 + i / 1000, 77.20))
+        ws.write_message(location(28.60 + i / 1000, 77.20))
         for parcel_id, watcher in zip(ids, watchers, strict=True):
             got = await expect_update(watcher, 28.60 + i / 1000, 77.20)
             assert got["parcel_id"] == parcel_id and got["driver_id"] == str(driver.id)
@@ -66,7 +62,7 @@ async def test_assignments_reassignments_and_finished_parcels_change_the_route_l
     assert await recv(ws) == {"type": "parcels", "parcels": [*ids, new["_id"]]}
     assert (await recv(ws))["status"] == "assigned"
     watcher = await subscribed(world, new["_id"], client)
-    ws.write_message(fix(28.5, 77.1))
+    ws.write_message(location(28.5, 77.1))
     await expect_update(watcher, 28.5, 77.1)  # included from the next update on
     await expect_update(dropped, 28.5, 77.1)
     for _ in range(3):
@@ -83,7 +79,7 @@ async def test_assignments_reassignments_and_finished_parcels_change_the_route_l
     assert (await world.api("POST", f"/api/parcels/{ids[1]}/status/", driver, {"status": "delivered"})).code == 200
     assert (await recv(ws))["status"] == "delivered"
     assert await recv(ws) == {"type": "parcels", "parcels": [new["_id"]]}
-    ws.write_message(fix(28.4, 77.1))
+    ws.write_message(location(28.4, 77.1))
     await expect_update(watcher, 28.4, 77.1)
     await expect_update(ws, 28.4, 77.1)
     await nothing_arrives(dropped, ws)  # the reassigned parcel no longer gets this driver's fixes
@@ -101,9 +97,9 @@ async def test_only_drivers_open_it_a_bad_token_is_4401_and_no_parcels_is_an_err
     idle = await world.user("driver")
     ws, ids = await route(world, idle)
     assert ids == []
-    ws.write_message(fix(28.5, 77.1))
+    ws.write_message(location(28.5, 77.1))
     assert "no active parcels" in await expect_error(ws)
-    ws.write_message(fix(91, 77.1))
+    ws.write_message(location(91, 77.1))
     assert "lat" in await expect_error(ws)
 
 
@@ -112,11 +108,11 @@ async def test_a_parcel_id_on_the_route_socket_must_be_one_of_the_drivers_parcel
     client, driver, _, active = await day(world, 2)
     ws, ids = await route(world, driver)
     watchers = [await subscribed(world, p, client) for p in ids]
-    ws.write_message(fix(28.5, 77.1, parcel_id=ids[1]))
+    ws.write_message(location(28.5, 77.1, parcel_id=ids[1]))
     await expect_update(watchers[1], 28.5, 77.1)
     await expect_update(ws, 28.5, 77.1)
     await nothing_arrives(watchers[0])
-    ws.write_message(fix(28.5, 77.1, parcel_id=ids[1] + 100))
+    ws.write_message(location(28.5, 77.1, parcel_id=ids[1] + 100))
     assert "not one of your" in await expect_error(ws)
 
 
@@ -143,7 +139,7 @@ async def test_a_batch_is_stored_whole_with_its_times_and_only_the_newest_is_bro
         (f"offline {i}", iso(start + timedelta(seconds=5 * i))) for i in range(3)]
     # a live fix is newer; a late batch older than it is stored but not broadcast
     await expect_update(ws, 28.502, 77.1)
-    ws.write_message(fix(28.6, 77.2))
+    ws.write_message(location(28.6, 77.2))
     await expect_update(watcher, 28.6, 77.2)
     await expect_update(ws, 28.6, 77.2)
     ws.write_message(batch(start - timedelta(minutes=5), 2, parcel_id=parcel_id))
@@ -193,7 +189,7 @@ async def test_a_bad_batch_is_refused_whole_naming_the_entry_and_nothing_is_stor
     ws.write_message(json.dumps({"type": "location_batch", "parcel_id": parcel_id, "locations": entries}))
     assert fragment in await expect_error(ws)
     assert await history(world, parcel_id, client) == []
-    ws.write_message(fix(28.6, 77.2))
+    ws.write_message(location(28.6, 77.2))
     await expect_update(ws, 28.6, 77.2)  # still open
 
 
@@ -209,12 +205,12 @@ async def test_a_batch_counts_once_for_the_rate_limit_and_may_fill_64_kib_while_
     frame = json.dumps(big)
     assert 40_000 < len(frame) < 64 * 1024
     for _ in range(9):
-        ws.write_message(fix(28.6, 77.2))
+        ws.write_message(location(28.6, 77.2))
         await expect_update(ws, 28.6, 77.2)
     ws.write_message(frame)  # the tenth message this second
     await nothing_arrives(ws)  # accepted (no error), and older than the live fixes: not broadcast
     assert len(await history(world, parcel_id, client)) >= 200
     oversized = await subscribed(world, parcel_id, driver)
     await expect_update(oversized, 28.6, 77.2)  # the snapshot
-    oversized.write_message(fix(28.6, 77.2, address="y" * 5000))
+    oversized.write_message(location(28.6, 77.2, address="y" * 5000))
     await expect_closed(oversized, 1009)

@@ -178,7 +178,8 @@ async def test_when_the_parcel_finishes_share_sockets_get_the_status_then_4401(w
     assert (await recv(ws))["status"] == "delivered"
     await expect_error(ws)
     await expect_closed(ws, 4401)
-    assert (await world.page(f"/t/{token}")).code == 200  # the page still shows how it ended, for an hour
+    page = await world.page(f"/t/{token}")  # the page still shows how it ended, for an hour
+    assert page.code == 200 and 'data-status="delivered">Delivered<' in page.body.decode(), page.code
 
 
 @pytest.mark.gen_test

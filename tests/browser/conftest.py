@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 from pymongo import MongoClient
 
+from models.db import parse_iso
 from tests.conftest import path_to
 from tests.process import ROOT, Server, app_env, run_cli
 
@@ -172,9 +173,57 @@ def sessions(browser: Browser, server: AppServer) -> Iterator[Any]:
         session.close()
 
 
+# Fixes a truck could drive between two sends (a jump faster than 70 m/s would be a weak fix).
+START = {"latitude": 28.6, "longitude": 77.2, "accuracy": 8}
+NEXT = {"latitude": 28.601, "longitude": 77.201, "accuracy": 8}
+WEAK = {"latitude": 28.3, "longitude": 77.6, "accuracy": 900}  # worse than 100 m: quality "low"
+AFTER_WEAK = {"latitude": 28.6015, "longitude": 77.2015, "accuracy": 8}
+
+
 def truck(page: Page) -> Locator:
     """The driver's marker on a live map."""
     return page.locator(".marker-driver")
+
+
+def at(timestamp: str) -> float:
+    """A timestamp of the API or the socket, in seconds since the epoch."""
+    return parse_iso(timestamp).timestamp()
+
+
+def pill(page: Page) -> Locator:
+    """The page's connection state ("Live", "Offline", …)."""
+    return page.locator("#connection-text")
+
+
+def start_shift(sessions: Any, email: str, geolocation: dict = START) -> Session:
+    """The driver's /driver page, on a phone at `geolocation`, with the shift started and live."""
+    driver = sessions(email, phone=True, geolocation=geolocation)
+    page = driver.page
+    page.goto("/driver")
+    expect(pill(page)).to_have_text("Offline")
+    toggle = page.locator("#shift-toggle")
+    expect(toggle).to_have_text("Start my shift")
+    toggle.click()
+    expect(toggle).to_have_text("End my shift")
+    expect(pill(page)).to_have_text("Live")
+    return driver
+
+
+def record_latitudes(marker: Locator) -> Callable[[], list[str]]:
+    """Record every latitude `marker` is drawn at from now on (its data-lat); → what it was
+    drawn at so far. A marker that was replaced meanwhile fails the reading."""
+    marker.evaluate("""marker => {
+        marker.drawnAt = [];
+        new MutationObserver(() => marker.drawnAt.push(marker.dataset.lat))
+          .observe(marker, {attributes: true, attributeFilter: ["data-lat"]});
+    }""")
+
+    def drawn_at() -> list[str]:
+        seen = marker.evaluate("marker => marker.drawnAt || null")
+        assert seen is not None, "the marker was replaced"
+        return seen
+
+    return drawn_at
 
 
 def screenshot(page: Page, name: str) -> Path:

@@ -7,13 +7,11 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot
+from models.db import iso
+from tests.browser.conftest import AFTER_WEAK, NEXT, WEAK, pill, record_latitudes, screenshot, start_shift
 
-START = {"latitude": 28.6, "longitude": 77.2, "accuracy": 8}
-NEXT = {"latitude": 28.601, "longitude": 77.201, "accuracy": 8}  # a drive, not a jump
-WEAK = {"latitude": 28.3, "longitude": 77.6, "accuracy": 900}  # worse than 100 m: quality "low"
 QUIET = {"lat": 28.55, "lng": 77.25}
 
 # A driver's own /ws/driver/ socket, from their logged-in page: one location_batch, then the echo.
@@ -32,14 +30,6 @@ async ({ locations }) => {
 """
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def pill(page: Page):
-    return page.locator("#connection-text")
-
-
 def report_once(sessions, driver_email: str, point: dict, seconds_ago: float) -> None:
     """The driver's phone sends one fix taken `seconds_ago` (an offline batch), then goes quiet."""
     session = sessions(driver_email)
@@ -55,14 +45,6 @@ def stored_position(data, parcel_id: int) -> dict:
         assert time.monotonic() < deadline, parcel
         time.sleep(0.2)
     return parcel["last_location"]
-
-
-def start_shift(sessions, email: str):
-    driver = sessions(email, phone=True, geolocation=START)
-    driver.page.goto("/driver")
-    driver.page.get_by_role("button", name="Start my shift").click()
-    expect(pill(driver.page)).to_have_text("Live")
-    return driver
 
 
 def two_trucks(sessions, data, names: tuple[str, str, str], quiet_status: str, seconds_ago: float):
@@ -106,12 +88,14 @@ def test_dispatchers_map_moves_the_trucks_and_flags_a_quiet_one(sessions, data):
     expect(moving_truck).to_have_attribute("data-lng", "77.201")
     expect(moving_truck).to_have_count(1)  # moved, not added again
 
-    # A weak fix reaches the board but does not move the truck across town.
+    # A weak fix reaches the board but does not move the truck across town: recorded until
+    # the good fix after it (over a second later, so not conflated away) is drawn.
+    drawn_at = record_latitudes(moving_truck)
     driver.context.set_geolocation(WEAK)
     expect(driver.page.locator("#weak-gps")).to_be_visible(timeout=8_000)
-    page.wait_for_timeout(1_500)  # past the board's one-second conflation
-    expect(moving_truck).to_have_attribute("data-lat", "28.601")
-    driver.context.set_geolocation(NEXT)
+    driver.context.set_geolocation(AFTER_WEAK)
+    expect(moving_truck).to_have_attribute("data-lat", str(AFTER_WEAK["latitude"]), timeout=10_000)
+    assert str(WEAK["latitude"]) not in drawn_at()
 
     # 15 s later by the page's clock, the quiet truck has not reported for over a minute.
     page.clock.fast_forward("00:15")
@@ -160,10 +144,12 @@ def test_clients_parcels_map_shows_each_truck(sessions, data):
     driver.context.set_geolocation(NEXT)
     expect(first).to_have_attribute("data-lat", "28.601", timeout=8_000)
     screenshot(page, "client-parcels-map-desktop.png")
+    drawn_at = record_latitudes(first)
     driver.context.set_geolocation(WEAK)
     expect(driver.page.locator("#weak-gps")).to_be_visible(timeout=8_000)
-    page.wait_for_timeout(500)
-    expect(first).to_have_attribute("data-lat", "28.601")  # a weak fix is not followed
+    driver.context.set_geolocation(AFTER_WEAK)
+    expect(first).to_have_attribute("data-lat", str(AFTER_WEAK["latitude"]), timeout=10_000)
+    assert str(WEAK["latitude"]) not in drawn_at()  # a weak fix is not followed
 
     data.call("POST", f"/api/parcels/{waiting}/status/", {"status": "cancelled"})
     expect(second).to_have_count(0)
