@@ -196,10 +196,6 @@ class Redis:
 # -- reading loadgen's reports -------------------------------------------------------------
 
 
-def r1(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)
-
-
 def step_row(r: dict[str, Any], app_names: tuple[str, ...] = ("app",)) -> dict[str, Any]:
     lat = r.get("latency_ms") or {}
     split = r.get("cpu_split") or {}
@@ -315,12 +311,11 @@ async def sweep(args: argparse.Namespace, app: App, modules: Path, path: Path, s
 
 
 async def fixed_rate(args: argparse.Namespace, app: App, modules: Path, path: Path, sampler: CpuSampler,
-                     parcels: int, rate: float, label: str, seconds: float | None = None,
-                     extra: list[str] | None = None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+                     parcels: int, rate: float, label: str,
+                     seconds: float | None = None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     reports = await generator.run(["--fixture", str(path), "--parcels", str(parcels), "--rate", str(rate),
                                    "--duration", str(seconds or args.duration), "--drain", "5",
-                                   "--pid", f"{app.pid},{app.db_pid}", *loadgen_common(args), *load_connect(args),
-                                   *(extra or [])],
+                                   "--pid", f"{app.pid},{app.db_pid}", *loadgen_common(args), *load_connect(args)],
                                   modules=modules, sampler=sampler, label=label)
     steps = latest_steps(reports)
     return (step_row(steps[-1]) if steps else None), reports

@@ -23,7 +23,8 @@ const fs = require('fs');
 const Module = require('module');
 const path = require('path');
 
-const modules = process.env.BENCH_NODE_MODULES || '/tmp/bench-node/node_modules';
+const modules = process.env.BENCH_NODE_MODULES; // benchmarks/generator.py sets it
+if (!modules) throw new Error('BENCH_NODE_MODULES is not set: run the benchmark through make bench');
 const RealWebSocket = require(path.join(modules, 'ws'));
 const driverUrl = process.env.BENCH_SPLIT_DRIVER_URL ? new URL(process.env.BENCH_SPLIT_DRIVER_URL) : null;
 const report = process.env.BENCH_SUBSCRIBE_REPORT === '1';

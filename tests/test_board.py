@@ -65,15 +65,15 @@ async def test_statuses_come_with_their_driver_and_locations_at_most_once_a_seco
 
     watching = asyncio.ensure_future(watch())
     began = time.monotonic()
-    for i in range(10):  # ten fixes in about half a second
+    for i in range(10):  # ten fixes at once: all within the board's second, however busy the machine
         sender.write_message(location(28.5 + i / 1000, 77.1))
+    for i in range(10):
         await expect_update(sender, 28.5 + i / 1000, 77.1)
-        await asyncio.sleep(0.05)
     await asyncio.sleep(2.5)
     watching.cancel()
     assert [lat for _, lat in seen] == [28.5, 28.5 + 9 / 1000]  # the first at once, then only the latest
     assert seen[0][0] - began < 0.5  # at once (a loaded machine may take a moment)
-    assert 0.95 <= seen[1][0] - seen[0][0] <= 1.8  # when the second ended
+    assert 0.95 <= seen[1][0] - seen[0][0] <= 2.0  # when the second ended (a loaded machine may take a moment)
 
 
 @pytest.mark.gen_test
