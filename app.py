@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import jinja2
+import pymongo
 import tornado.httpserver
 import tornado.ioloop
 import tornado.log
@@ -35,12 +36,13 @@ import settings as settings_module
 from auth import passwords
 from auth.throttle import LoginThrottle
 from handlers import api, fleet, ops, pages, tracking
-from handlers.base import ApiNotFound, StaticFiles
+from handlers.base import ApiNotFound, StaticFiles, loggable_path
 from models import demo, geo, parcels, users
 from models.access import ROLES, may_drive, may_own_parcels
 from models.db import ID, Database, DatabaseUnavailable, parse_id
-from models.embedded import EmbeddedDatabase, EmbeddedDatabaseError
+from models.embedded import STOP_TIMEOUT, EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
+from models.lookups import Lookups
 from realtime.broker import BrokerUnavailable
 from realtime.hub import Hub
 from realtime.limits import Limits
@@ -49,9 +51,15 @@ from settings import Settings, SettingsError
 HERE = Path(__file__).resolve().parent
 SUPERVISE_EVERY = 1.0  # seconds between two looks at the embedded database
 RESTARTS_PER_MINUTE = 3
-# SIGTERM's budget: closing connections, then writing what is queued (Settings.shutdown_timeout),
-# within the 10 s a process manager gives.
+# SIGTERM starts one budget for the whole shutdown (exit within the 10 s a process manager gives,
+# a second of it kept for the process to end): closing connections, then writing what is queued,
+# then stopping the embedded database, each taking from what is left.
+SHUTDOWN_WITHIN = 9.0
 CLOSE_CONNECTIONS_WITHIN = 2.0
+# Kept from the writing for what follows it: the database client closing (at most CLOSE_CLIENT_WITHIN),
+# then the embedded database stopping (about 2 s; past the budget it is killed).
+DATABASE_STOP_RESERVE = 3.0
+CLOSE_CLIENT_WITHIN = 1.0
 log = logging.getLogger("parcel")
 
 
@@ -70,6 +78,7 @@ class Application(tornado.web.Application):
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
         self.limits = Limits()
         self.drivers = users.Directory(self.db, "driver")
+        self.lookups = Lookups(self.db, config.database_deadline)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined,
@@ -129,10 +138,15 @@ class Application(tornado.web.Application):
         await self.prune_locations()
         self.retention.start()
 
-    async def stop(self) -> None:
+    async def stop(self, within: float | None = None) -> None:
+        """Stop in order; writing what is queued takes at most `within` seconds (and at most
+        Settings.shutdown_timeout)."""
         self.retention.stop()
+        if within is not None:
+            self.hub.shutdown_timeout = min(self.hub.shutdown_timeout, within)  # what hub.stop() drains within
         await self.hub.stop()
-        await self.db.close()
+        with pymongo.timeout(CLOSE_CLIENT_WITHIN):  # PyMongo says goodbye (endSessions), even to a frozen database
+            await self.db.close()
 
     async def prune_locations(self) -> None:
         """Delete samples past LOCATION_RETENTION_DAYS (one indexed delete; see models.db)."""
@@ -155,13 +169,14 @@ def make_app(config: Settings, mongodb_uri: str | None = None) -> Application:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log, but with the path only: a socket's URL carries its token."""
+    """Tornado's access log, but with the path only (a socket's URL carries its token), and
+    without a share link's token: `/t/[token]/locations`."""
     status = handler.get_status()
     method = tornado.log.access_log.info if status < 400 else tornado.log.access_log.warning
     if status >= 500:
         method = tornado.log.access_log.error
     request = handler.request
-    method("%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
+    method("%d %s %s (%s) %.2fms", status, request.method, loggable_path(request.path), request.remote_ip,
            1000.0 * request.request_time())
 
 
@@ -177,9 +192,27 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class Deadline:
+    """A budget of seconds that steps take from in turn, running from `start()`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends: float | None = None
+
+    def start(self) -> None:
+        self.ends = time.monotonic() + self.seconds
+
+    def left(self, keep: float = 0.0) -> float:
+        """Seconds left, less `keep` for later steps (the whole budget, if it has not started)."""
+        ends = time.monotonic() + self.seconds if self.ends is None else self.ends
+        return max(0.0, ends - time.monotonic() - keep)
+
+
 @asynccontextmanager
-async def database_uri(config: Settings) -> AsyncIterator[tuple[str, EmbeddedDatabase | None]]:
-    """MONGODB_URI, or the embedded database's (started or joined, and left on the way out)."""
+async def database_uri(config: Settings,
+                       shutdown: Deadline | None = None) -> AsyncIterator[tuple[str, EmbeddedDatabase | None]]:
+    """MONGODB_URI, or the embedded database's (started or joined, and left on the way out:
+    stopped within what is left of `shutdown`, if given, and killed past it)."""
     if config.mongodb_uri:
         yield config.mongodb_uri, None
         return
@@ -188,7 +221,7 @@ async def database_uri(config: Settings) -> AsyncIterator[tuple[str, EmbeddedDat
     try:
         yield uri, embedded
     finally:
-        await asyncio.to_thread(embedded.stop)
+        await asyncio.to_thread(embedded.stop, shutdown.left() if shutdown else STOP_TIMEOUT)
 
 
 @asynccontextmanager
@@ -274,6 +307,8 @@ async def ensure_demo_data(db: Database, config: Settings) -> bool:
 
 
 async def demo_data(config: Settings, args: argparse.Namespace) -> None:
+    if config.production:
+        raise UsageError("no demo data with APP_ENV=production: its accounts have a published password")
     async with database(config) as db:
         created = await ensure_demo_data(db, config)
     print("demo data created" if created else "demo data already present")
@@ -288,12 +323,13 @@ def print_logins() -> None:
 
 async def serve(config: Settings, args: argparse.Namespace) -> None:
     config = config.with_secret()
-    async with database_uri(config) as (uri, embedded):
+    shutdown = Deadline(SHUTDOWN_WITHIN)  # started by run_server on SIGTERM
+    async with database_uri(config, shutdown) as (uri, embedded):
         app = make_app(config, uri)
         try:
-            await run_server(app, args, embedded)
+            await run_server(app, args, shutdown, embedded)
         finally:
-            await app.stop()
+            await app.stop(within=shutdown.left(keep=DATABASE_STOP_RESERVE))
 
 
 async def supervise(embedded: EmbeddedDatabase, stop: asyncio.Event) -> None:
@@ -316,11 +352,14 @@ async def supervise(embedded: EmbeddedDatabase, stop: asyncio.Event) -> None:
         log.info("the embedded database is back")
 
 
-async def run_server(app: Application, args: argparse.Namespace, embedded: EmbeddedDatabase | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then close sockets and connections in order."""
+async def run_server(app: Application, args: argparse.Namespace, shutdown: Deadline,
+                     embedded: EmbeddedDatabase | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then start the shutdown's budget and close sockets and
+    connections in order."""
     config = app.config
     await app.start()
-    if not args.no_demo and await ensure_demo_data(app.db, config):
+    with_demo = not args.no_demo and not config.production  # its accounts have a published password
+    if with_demo and await ensure_demo_data(app.db, config):
         log.info("created the demo data")
     server = tornado.httpserver.HTTPServer(
         app, xheaders=False, max_body_size=1024 * 1024, idle_connection_timeout=60
@@ -331,7 +370,7 @@ async def run_server(app: Application, args: argparse.Namespace, embedded: Embed
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     tune_gc()
     print(f"parcel tracking is running on http://{args.host}:{args.port}/", flush=True)
-    if not args.no_demo:
+    if with_demo:
         print_logins()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -344,6 +383,7 @@ async def run_server(app: Application, args: argparse.Namespace, embedded: Embed
     for task in (watcher, waiting):
         if task is not None and not task.done():
             task.cancel()
+    shutdown.start()
     log.info("stopping")
     server.stop()
     app.hub.close_all()

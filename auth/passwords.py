@@ -1,10 +1,13 @@
-"""bcrypt password hashes, computed in a thread so a login never stalls the sockets."""
+"""bcrypt password hashes, computed in a thread so a login never stalls the sockets, and off the
+request's database deadline (models.db.off_the_clock): a busy bcrypt is not a database down."""
 
 from __future__ import annotations
 
 import asyncio
 
 import bcrypt
+
+from models.db import off_the_clock
 
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores (5.x: refuses) anything longer
 
@@ -23,7 +26,7 @@ def hash_password_sync(password: str, rounds: int) -> str:
 
 
 async def hash_password(password: str, rounds: int) -> str:
-    return await asyncio.get_running_loop().run_in_executor(None, hash_password_sync, password, rounds)
+    return await off_the_clock(asyncio.get_running_loop().run_in_executor(None, hash_password_sync, password, rounds))
 
 
 async def verify_password(password: str, password_hash: str | None, rounds: int) -> bool:
@@ -31,7 +34,8 @@ async def verify_password(password: str, password_hash: str | None, rounds: int)
     encoded = password.encode()
     too_long = len(encoded) > MAX_PASSWORD_BYTES  # bcrypt would compare its first 72 bytes only
     target = (password_hash or _dummy_hash(rounds)).encode()
-    ok = await asyncio.get_running_loop().run_in_executor(None, bcrypt.checkpw, encoded[:MAX_PASSWORD_BYTES], target)
+    ok = await off_the_clock(
+        asyncio.get_running_loop().run_in_executor(None, bcrypt.checkpw, encoded[:MAX_PASSWORD_BYTES], target))
     return ok and password_hash is not None and not too_long
 
 

@@ -18,6 +18,9 @@ and tokens are made through the HTTP API (`benchmarks/fixture.py`). In order:
    and the one-update-per-parcel-per-second rule (skipped while the endpoint answers 404);
 5. 10,000 sockets (3,334 parcels) on a freshly started process: memory per socket (app +
    database RSS growth / sockets), then held for 10 s and driven at 1 update/s per driver;
+5b. a reconnect storm: the same 10,000 sockets opened at once with no pacing (counted at the
+   upgrade, as a browser counts it) on a freshly started process, as after a restart: every
+   one must be subscribed, none refused; the time until the last `subscribed`;
 6. two processes behind one Redis (`BROKER_URL`): drivers on the first, viewers on the
    second, so every broadcast crosses the broker;
 7. (with `--profile PY_SPY`) py-spy on the app and the database under 1,000 parcels × 3 Hz.
@@ -64,7 +67,7 @@ BUDGET_MS = 50
 SEED = {  # issue 12: Django Channels + daphne, same machine and generator (200 parcels, p99 < 100 ms)
     "sustained": "100", "handshakes": "~200", "memory": "~40 KB (6,000 sockets)", "ten_thousand": "resets",
 }
-CASES = ("null", "sweep", "rate200", "slow", "handshakes", "board", "10k", "redis")
+CASES = ("null", "sweep", "rate200", "slow", "handshakes", "board", "10k", "storm", "redis")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -450,6 +453,24 @@ async def ten_thousand(args: argparse.Namespace, app: App, modules: Path, path: 
             "held": held, "still_open_after_hold": h.get("conns_still_open"), "run": row}
 
 
+async def storm(app: App, modules: Path, path: Path, sockets: int) -> dict[str, Any]:
+    """Every socket opened at once (`--connect-concurrency` = all of them, counted at the upgrade),
+    as pages reconnecting after a restart do; the preload counts `subscribed` and refusals."""
+    reports = await generator.run(["--fixture", str(path), "--rate", "0", "--hold", "1",
+                                   "--connect-concurrency", str(sockets), "--pid", f"{app.pid},{app.db_pid}"],
+                                  modules=modules, label="storm", echo=False)
+    c, s = find(reports, "connect")[0], find(reports, "subscribe")[0]
+    refused = s["refused"] + s["closed_before_first_message"]
+    out = {"target": c["conns_target"], "upgraded": c["conns_opened"], "subscribed": s["subscribed"],
+           "refused": refused, "refusals": s["refusals"], "seconds": s["seconds_to_last_subscribed"],
+           "to_subscribed_ms": s["to_subscribed_ms"]}
+    print(f"   {s['subscribed']:,}/{c['conns_target']:,} subscribed, {refused:,} refused or closed "
+          f"({s['refusals'] or 'none'}); the last `subscribed` {s['seconds_to_last_subscribed']} s after the first "
+          f"upgrade began; one socket to `subscribed` p50 {s['to_subscribed_ms']['p50']} ms, "
+          f"p99 {s['to_subscribed_ms']['p99']} ms")
+    return out
+
+
 async def redis_pair(args: argparse.Namespace, env: dict[str, str], data: Path, modules: Path,
                      fx: fixtures.Fixture, scratch: Path) -> dict[str, Any]:
     redis = Redis()
@@ -612,6 +633,10 @@ def summary_table(res: dict[str, Any]) -> str:
         rows.append(f"| {t['sockets']:,} sockets, 1 update/s per driver | {SEED['ten_thousand']} | "
                     f"{held_text}, p99 "
                     f"{fmt_ms(run.get('p99_ms'))}, {run.get('lost')} lost | all held, p99 < 50 ms |")
+    if st := res.get("storm"):
+        rows.append(f"| a reconnect storm: {st['target']:,} sockets at once on a fresh process (no pacing, counted at "
+                    f"the upgrade): subscribed / refused / until the last `subscribed` | – | {st['subscribed']:,} / "
+                    f"{st['refused']:,} / {st['seconds']} s | all, 0 refused |")
     if b := res.get("board"):
         if "skipped" in b:
             rows.append(f"| dispatcher's board, 1,000 parcels at 1 Hz | – | not measured ({b['skipped']}) | – |")
@@ -654,6 +679,10 @@ def verdict(res: dict[str, Any]) -> list[str]:
     if h := res.get("handshakes"):
         ok = h["median_per_s"] >= 2000 and h["all_subscribed"]
         out.append(f"≥ 2,000 handshakes/s: {'HOLDS' if ok else 'NOT MET'}")
+    if st := res.get("storm"):
+        ok = st["subscribed"] == st["target"] and not st["refused"]
+        out.append(f"a storm of {st['target']:,} sockets: every one subscribed, none refused: "
+                   f"{'HOLDS' if ok else 'NOT MET'}")
     if t := res.get("ten_thousand"):
         out.append(f"≤ 14 KiB per socket at {t['sockets']:,}: "
                    f"{'HOLDS' if (t['kib_per_socket'] or 99) <= 14 else 'NOT MET'}")
@@ -682,7 +711,7 @@ async def bench(args: argparse.Namespace, modules: Path, res: dict[str, Any]) ->
     needs_app = set(cases) - {"null"}
     if not needs_app and not args.profile:
         return
-    big = 3334 if "10k" in cases and not args.quick else 1000  # quick: the "10k" case holds 3,000
+    big = 3334 if {"10k", "storm"} & set(cases) and not args.quick else 1000  # quick: 3,000 sockets
     env = app_env(ACCESS_TOKEN_TTL="7200", BCRYPT_ROUNDS="4")  # tokens must outlive the run; logins cheap
     header(f"setup: app.py serve --no-demo --data-dir {data}; {big:,} parcels through the API")
     app = App(env, data).start()
@@ -742,6 +771,12 @@ async def bench(args: argparse.Namespace, modules: Path, res: dict[str, Any]) ->
             path = fx.write(scratch / "fixture-all.json", app.ws_url)
             with CpuSampler({"app": app.pid, "db": app.db_pid}) as sampler:
                 res["ten_thousand"] = await ten_thousand(args, app, modules, path, sampler, big)
+        if "storm" in cases:
+            header(f"5b. a reconnect storm: {3 * big:,} sockets at once on a freshly started process")
+            app.stop()
+            app = App(env, data).start()
+            print(f"   app pid {app.pid}, database pid {app.db_pid}")
+            res["storm"] = await storm(app, modules, fx.write(scratch / "fixture-all.json", app.ws_url), 3 * big)
         if "redis" in cases:
             header("6. two processes behind one Redis: drivers on process 1, viewers on process 2")
             app.stop()
@@ -781,6 +816,8 @@ def main(argv: list[str] | None = None) -> int:
     res["loadgen_reports"] = generator.RAW
     args.out_dir.mkdir(parents=True, exist_ok=True)
     name = "fanout-quick" if args.quick else "fanout"
+    if args.cases != list(CASES):  # a partial run does not overwrite the whole run's results
+        name += "-" + "-".join(args.cases)
     (args.out_dir / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))
     png = plot(res, args.out_dir / f"{name}.png") if res.get("sweep") else None
     table = summary_table(res)

@@ -26,6 +26,12 @@ from realtime.hub import Hub
 from settings import MAX_API_BODY_SIZE, STREAMED_BODY_LIMIT, Settings
 
 LOGIN_COOKIE = "user"
+SHARE_TOKEN = re.compile(r"^/t/[^/]+")  # a share link's path: /t/<token>[/locations]
+
+
+def loggable_path(path: str) -> str:
+    """A request's path as the logs may show it: a share link's token is a credential (docs/security.md)."""
+    return SHARE_TOKEN.sub("/t/[token]", path, count=1)
 
 
 class Refused(tornado.web.HTTPError):
@@ -61,6 +67,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+
+    def _request_summary(self) -> str:
+        # Tornado's error and warning lines name `request.uri`: its query, and a share link's path, hold tokens.
+        return f"{self.request.method} {loggable_path(self.request.path)} ({self.request.remote_ip})"
 
     def check_xsrf_cookie(self) -> None:
         """XSRF guards what a browser's ambient login cookie could be made to do. A Bearer
@@ -170,11 +180,16 @@ class BaseHandler(tornado.web.RequestHandler):
         url = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(query)}"
         self.set_header("Link", f'<{url}>; rel="next"')
 
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        """Every cookie sent over https is `Secure`: the login cookie and Tornado's `_xsrf` alike."""
+        if self.request.protocol == "https":
+            kwargs["secure"] = True
+        super().set_cookie(name, value, *args, **kwargs)
+
     def set_login_cookie(self, user: User) -> None:
         self.set_signed_cookie(
             LOGIN_COOKIE, f"{user.id}:{user.session}",
-            expires_days=self.config.refresh_token_ttl / 86400,
-            httponly=True, samesite="Lax", secure=self.request.protocol == "https",
+            expires_days=self.config.refresh_token_ttl / 86400, httponly=True, samesite="Lax",
         )
 
     def render_page(self, template: str, **context: Any) -> None:

@@ -1,5 +1,6 @@
 """Operating it (docs/protocol.md, "Operating it"): /healthz for load balancers and
-supervisors, /metrics for Prometheus (loopback, or `Authorization: Bearer <METRICS_TOKEN>`)."""
+supervisors, /metrics for Prometheus (loopback, or `Authorization: Bearer <METRICS_TOKEN>`; a request
+that came through a proxy is not a loopback client, though the proxy connects from there)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import asyncio
 import hmac
 from ipaddress import ip_address
 
+from tornado.httputil import HTTPServerRequest
+
 from handlers.base import BaseHandler, Refused
 from realtime.metrics import CONTENT_TYPE
 
 HEALTH_TIMEOUT = 2.5  # seconds for each part to answer; /healthz answers within 3 s
+PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 
 
 class HealthHandler(BaseHandler):
@@ -44,7 +48,7 @@ class MetricsHandler(BaseHandler):
         header = self.request.headers.get("Authorization", "")
         if token and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
             return
-        if not _loopback(self.request.remote_ip):
+        if not _local(self.request):
             raise Refused(403, "metrics are for loopback clients or with the METRICS_TOKEN")
 
     async def _authenticate(self):  # a Bearer here is the metrics token, not a user's
@@ -60,9 +64,13 @@ class MetricsHandler(BaseHandler):
         self.finish({"error": exc.message if isinstance(exc, Refused) else self._reason.lower()})
 
 
-def _loopback(address: str | None) -> bool:
+def _local(request: HTTPServerRequest) -> bool:
+    """A client on this machine: a loopback address, and no proxy's headers. A proxy on loopback
+    (nginx) passes on requests from anywhere, with or without TRUSTED_PROXIES."""
+    if any(name in request.headers for name in PROXY_HEADERS):
+        return False
     try:
-        return ip_address(address or "").is_loopback
+        return ip_address(request.remote_ip or "").is_loopback
     except ValueError:
         return False
 

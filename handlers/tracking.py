@@ -21,8 +21,8 @@ from tornado.iostream import StreamClosedError
 
 from auth import tokens
 from handlers.base import apply_forwarded
-from models import parcels, shares, users
-from models.access import User, can_send_location, can_view, link_viewer
+from models import lookups, parcels, shares
+from models.access import VIEWER, User, can_send_location, can_view, link_viewer
 from models.db import parse_id, unreachable, utcnow
 from realtime import protocol
 from realtime.frames import text_frame
@@ -33,6 +33,7 @@ log = logging.getLogger("parcel.tracking")
 
 RATE_LIMIT = 10  # location messages
 RATE_WINDOW = 1.0  # seconds
+FLOOD_FACTOR = 3  # RATE_LIMIT times this many frames within RATE_WINDOW, refused ones included, close it (4429)
 
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
@@ -42,6 +43,7 @@ CLOSE_TRY_LATER = 1013  # the database is unavailable: the page reconnects with 
 CLOSE_TOO_SLOW = 1008  # policy violation: a subscriber that stopped reading
 MAX_UNSENT = 1024 * 1024  # bytes waiting for one subscriber before it is closed
 NOT_ALLOWED = "this parcel does not exist or you may not track it"
+ENDED_MEANWHILE = ("your session has ended; log in again", shares.GONE)  # a user's, a share link's
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
@@ -99,7 +101,7 @@ class Socket(tornado.websocket.WebSocketHandler):
 
     # A socket's own fields live in slots: added to Tornado's already large instance dict,
     # they would grow every open socket by about 1.5 KiB (README, "Performance").
-    __slots__ = ("user", "_counted", "_recent", "parcel_id", "parcels")
+    __slots__ = ("user", "_counted", "_recent", "_mark", "parcel_id", "parcels")
     kind = "tracking"  # its label in /metrics and in the hub
     roles: tuple[str, ...] = ()  # who may open it (empty: anyone the parcel's rules allow)
 
@@ -122,6 +124,7 @@ class Socket(tornado.websocket.WebSocketHandler):
         self.user: User | None = None
         self._counted: str | None = None  # the address this socket is counted under in `Limits`
         self._recent: deque[float] | None = None  # when its recent messages came (made at its first)
+        self._mark = self.hub.session_mark()  # sessions that end from now on end this handshake too
         self.parcel_id: int | None = None  # a parcel's socket: its parcel
         self.parcels: list[int] = []  # a route socket: the driver's active parcels (the hub keeps it)
 
@@ -130,10 +133,14 @@ class Socket(tornado.websocket.WebSocketHandler):
 
     async def read(self, read: Awaitable[Any]) -> list[Any] | None:
         """A database read's result in a list of one (a read may answer None), or None once the
-        socket has been closed with 1013 because the database did not answer within its deadline."""
+        socket has been closed with 1013 because the database did not answer within its deadline
+        (or too many handshakes wait for it: models/lookups.py)."""
         try:
             with pymongo.timeout(self.application.config.database_deadline):
                 return [await read]
+        except lookups.Busy as e:
+            self._reject(CLOSE_TRY_LATER, str(e))
+            return None
         except PyMongoError as e:
             if not unreachable(e):
                 raise
@@ -157,7 +164,7 @@ class Socket(tornado.websocket.WebSocketHandler):
             return self._reject(CLOSE_UNAUTHENTICATED, "a share link opens only its parcel's tracking socket")
         user = self.hub.known_user(claimed.id)
         if user is None:
-            found = await self.read(users.get_user(self.application.db, claimed.id))
+            found = await self.read(self.application.lookups.user(claimed.id))
             if found is None:
                 return None
             user = found[0]
@@ -182,6 +189,9 @@ class Socket(tornado.websocket.WebSocketHandler):
         """Count the socket under its user's and address's limits; False once refused (4429)."""
         if self.ws_connection is None or self.ws_connection.is_closing():
             return False  # the peer left while we looked things up
+        if self.hub.ended_since(user.id, self._mark):  # while we looked things up
+            self._reject(CLOSE_UNAUTHENTICATED, ENDED_MEANWHILE[user.role == VIEWER])
+            return False
         address = self.request.remote_ip or ""
         if refused := self.application.limits.open(user.id, address):
             self._reject(CLOSE_TOO_MANY, refused)
@@ -202,16 +212,19 @@ class Socket(tornado.websocket.WebSocketHandler):
         if self.user is None or self.ws_connection is None or self.ws_connection.is_closing():
             return  # rejected or revoked: frames the peer sent before it saw our close are dropped
         self.hub.metrics.messages_by_kind[self.kind].inc()
-        parsed = None
-        if _frame_size(message) > MAX_FRAME:  # only a location_batch may be bigger (docs/protocol.md)
+        try:
+            self._check_rate()  # before parsing: a refused frame counts too, and costs no parse
+            if _frame_size(message) <= MAX_FRAME:
+                return self.receive(protocol.parse_message(message))
+            parsed = None  # only a location_batch may be bigger (docs/protocol.md)
             with contextlib.suppress(protocol.ProtocolError):
                 parsed = protocol.parse_message(message)
             if parsed is None or parsed["type"] != "location_batch":
                 return self.close(1009, "message too big")
-        try:
-            self._check_rate()  # before parsing: a refused frame counts too
-            self.receive(parsed or protocol.parse_message(message))
+            self.receive(parsed)
         except protocol.ProtocolError as e:
+            if len(self._recent) >= FLOOD_FACTOR * RATE_LIMIT:
+                return self._reject(CLOSE_TOO_MANY, f"too many messages: at most {RATE_LIMIT} a second")
             self.send_text(protocol.error(str(e)))
 
     def receive(self, message: dict[str, Any]) -> None:
@@ -224,9 +237,9 @@ class Socket(tornado.websocket.WebSocketHandler):
             self._recent = deque()
         while self._recent and self._recent[0] <= now - RATE_WINDOW:
             self._recent.popleft()
-        if len(self._recent) >= RATE_LIMIT:
+        self._recent.append(now)  # refused or not: a flood's refusals close it (FLOOD_FACTOR)
+        if len(self._recent) > RATE_LIMIT:
             raise protocol.ProtocolError(f"too many messages: at most {RATE_LIMIT} a second")
-        self._recent.append(now)
         if refused := self.application.limits.message(self.user.id):
             raise protocol.ProtocolError(refused)
 
@@ -248,7 +261,10 @@ class Socket(tornado.websocket.WebSocketHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Tornado's version logs the request's URI, and a socket's URI carries its token.
-        log.error("uncaught exception on %s %s", self.request.method, self.request.path, exc_info=(typ, value, tb))
+        log.error("uncaught exception on %s", self._request_summary(), exc_info=(typ, value, tb))
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"  # the token is in the query
 
     # -- the hub's side (Subscriber) -----------------------------------------
 
@@ -305,7 +321,7 @@ class TrackingSocket(Socket):
             if known is not None:
                 parcel = known.parcel()
             else:
-                found = user and parcel_id and await self.read(parcels.get_parcel(self.application.db, parcel_id))
+                found = user and parcel_id and await self.read(self.application.lookups.parcel(parcel_id))
                 parcel = found[0] if found else None
         if user is None or self.ws_connection is None or self.ws_connection.is_closing():
             return
@@ -323,11 +339,11 @@ class TrackingSocket(Socket):
         """A share link's viewer and its parcel; (None, None) once the socket has been closed for it."""
         if shared.parcel_id != parcel_id:
             return link_viewer(shared.parcel_id), None
-        found = await self.read(shares.resolve(self.application.db, shared, utcnow()))
+        found = await self.read(self.application.lookups.parcel(parcel_id))
         if found is None:
             return None, None
         parcel = found[0]
-        if parcel is None:
+        if not shares.still_valid(parcel, shared.version, utcnow()):
             return self._reject(CLOSE_UNAUTHENTICATED, shares.GONE), None
         if parcel["status"] in parcels.FINISHED:
             return self._reject(CLOSE_UNAUTHENTICATED, shares.NOT_LIVE.format(status=parcel["status"])), None

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, _csot
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 SEQUENCES = ("users", "parcels")
@@ -61,6 +61,26 @@ async def find_by_ids(collection: Any, ids: Iterable[int | None],
         async for doc in collection.find({"_id": {"$in": wanted[start:start + IN_CHUNK]}}, projection):
             found[doc["_id"]] = doc
     return found
+
+
+T = TypeVar("T")
+
+
+async def off_the_clock(work: Awaitable[T]) -> T:
+    """Await work that is not the database's (bcrypt in a thread) without spending the
+    request's database deadline on it: the deadline moves on by the time it took.
+
+    A request's database calls share one `pymongo.timeout` (handlers/base.py), and a nested
+    `pymongo.timeout` can only shorten it; so this moves PyMongo's own deadline, which the
+    enclosing `with` block restores on its way out. Without it, 30 sign-ups at once queued
+    behind each other's bcrypt and answered 503 "the database is unavailable"."""
+    started = time.monotonic()
+    try:
+        return await work
+    finally:
+        deadline = _csot.get_deadline()
+        if deadline != float("inf"):
+            _csot.DEADLINE.set(deadline + time.monotonic() - started)
 
 
 def unreachable(error: BaseException) -> bool:

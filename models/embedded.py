@@ -30,6 +30,7 @@ from pymongo.errors import PyMongoError
 LIFELINE = Path(__file__).with_name("lifeline.py")
 START_TIMEOUT = 20.0  # seconds to wait for the first ping
 JOIN_TIMEOUT = 15.0  # seconds a command waits for a running server to bring its database back
+STOP_TIMEOUT = 10.0  # seconds the database gets to stop on SIGTERM before it is killed
 
 
 class EmbeddedDatabaseError(RuntimeError):
@@ -98,8 +99,10 @@ class EmbeddedDatabase:
             self.started_here = True
             return True
 
-    def stop(self) -> None:
-        """Leave the database; stop it if nobody else is using it."""
+    def stop(self, within: float = STOP_TIMEOUT) -> None:
+        """Leave the database; stop it if nobody else is using it, and kill it if it takes more
+        than `within` seconds (its journal makes that recoverable; `serve` has written its
+        samples by then, or given up on them)."""
         if self._users_fd is None:
             return
         with _locked(self.data_dir / "db-start.lock"):
@@ -111,7 +114,7 @@ class EmbeddedDatabase:
             if last_user:
                 state = self._read_state()
                 if state:
-                    _terminate(state["pid"])
+                    _terminate(state["pid"], within)
                 self.state_file.unlink(missing_ok=True)
                 self._hold_lifeline(None)
             os.close(self._users_fd)
@@ -243,7 +246,7 @@ def _ping(port: int, timeout: float) -> bool:
         client.close()
 
 
-def _terminate(pid: int, timeout: float = 10.0) -> None:
+def _terminate(pid: int, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM, wait, then SIGKILL: the database flushes its files on SIGTERM."""
     try:
         os.kill(pid, signal.SIGTERM)

@@ -35,6 +35,10 @@ MAX_HISTORY_PAGE = 10_000
 # How far a fix's time may lie from the server's (docs/protocol.md: offline batches up to 24 h old).
 EARLIEST_FIX = timedelta(hours=24)
 LATEST_FIX = timedelta(seconds=60)
+# An offline batch stores at most one fix per this much recorded time. A phone records every
+# 5 s, so a normal batch loses nothing; a flood of batches stores about one row a second per
+# parcel, not 200 a message (docs/protocol.md, "Offline batches").
+BATCH_SPACING = timedelta(seconds=1)
 FIRST_WINDOW = timedelta(hours=1)  # when the parcel's sampling density is not known
 MIN_WINDOW = timedelta(minutes=1)
 MILLISECOND = timedelta(milliseconds=1)
@@ -51,6 +55,22 @@ class HistoryPage:
 def sample(parcel_id: int, driver_id: int, location: dict[str, Any], timestamp: datetime) -> dict[str, Any]:
     """A sample as stored, with its own `_id` (so a retried write stores it once)."""
     return {"_id": ObjectId(), "parcel_id": parcel_id, "driver_id": driver_id, "timestamp": timestamp, **location}
+
+
+def thin_batch(fixes: list[tuple[dict[str, Any], datetime]],
+               after: datetime | None) -> list[tuple[dict[str, Any], datetime]]:
+    """The fixes of an offline batch (recorded_at ascending) worth storing: none less than
+    `BATCH_SPACING` after `after` (the newest batch fix already stored for the parcel, so a
+    replayed batch stores nothing) and at most one per `BATCH_SPACING`, the newest kept."""
+    floor = after + BATCH_SPACING if after is not None else None
+    kept: list[tuple[dict[str, Any], datetime]] = []
+    for location, recorded in reversed(fixes):
+        if floor is not None and recorded < floor:
+            break
+        if not kept or kept[-1][1] - recorded >= BATCH_SPACING:
+            kept.append((location, recorded))
+    kept.reverse()
+    return kept
 
 
 def sample_view(doc: dict[str, Any]) -> dict[str, Any]:

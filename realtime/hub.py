@@ -25,11 +25,12 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
-from models import parcels, shares
-from models.access import VIEWER, User
+from models import parcels, shares, users
+from models.access import VIEWER, User, link_viewer
 from models.db import Database, from_ms, iso, now_ms, stamp, unreachable, utcnow
-from models.locations import SampleWriter
+from models.locations import SampleWriter, thin_batch
 from realtime import protocol
 from realtime.broker import make_broker
 from realtime.frames import text_frame
@@ -41,6 +42,8 @@ log = logging.getLogger("parcel.hub")
 SESSION_ENDED = 4401  # the close code of a socket whose user's session ended
 LINK_ENDED = 4401  # a share link's socket when its links are revoked or its parcel finishes
 BOARD_INTERVAL = 1.0  # seconds: a board gets at most one location per parcel this often
+RESYNC_RETRY = 5  # seconds between two re-checks after a broker outage while the database does not answer
+HANDSHAKE_MEMORY = 300.0  # seconds a session's end is remembered for the handshakes in flight then
 
 
 class Subscriber(Protocol):
@@ -122,7 +125,10 @@ class Hub:
         self.state_ttl = state_ttl
         self.shutdown_timeout = shutdown_timeout
         self.geofence_radius_m = geofence_radius_m
-        self.broker = make_broker(broker_url, self._deliver)
+        self.broker = make_broker(broker_url, self._deliver, metrics=self.metrics, resync=self._resync_soon)
+        self._link_versions: WeakKeyDictionary[Subscriber, int] = WeakKeyDictionary()  # share sockets' link versions
+        self._resync_wanted = False
+        self._resyncing: asyncio.Task | None = None
         self._subscribers: dict[int, set[Subscriber]] = {}
         self._by_user: dict[int, set[Subscriber]] = {}
         self._routes: dict[int, set[RouteSocket]] = {}  # a driver's route sockets, by driver id
@@ -132,10 +138,13 @@ class Hub:
         self._journeys: dict[int, Journey] = {}
         self._accepted: dict[int, int] = {}
         self._unsaved: dict[int, Position] = {}
+        self._batch_newest: dict[int, datetime] = {}  # the newest offline-batch fix stored of each parcel
         self._board_sent: dict[int, float] = {}  # when each parcel's location last went to the boards
         self._board_waiting: dict[int, bytes] = {}  # the latest location frame held back from the boards
         self._stale: set[int] = set()  # parcels whose copy is being re-read
         self._users: dict[int, tuple[User, float]] = {}  # users seen at handshakes, with when
+        self._ends = 0  # sessions (and share links) ended so far: a handshake's mark (`session_mark`)
+        self._ended: dict[int, tuple[int, float]] = {}  # user id → the end's number and when
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -168,6 +177,24 @@ class Hub:
             self._users = {i: seen for i, seen in self._users.items() if now - seen[1] <= self.state_ttl}
         self._users[user.id] = (user, now)
 
+    def session_mark(self) -> int:
+        """Taken when a handshake starts: `ended_since` then tells whether the user's sessions
+        (or a share link's links) ended while it awaited the database."""
+        return self._ends
+
+    def ended_since(self, user_id: int, mark: int) -> bool:
+        """Did this user's sessions end (a share viewer: its links end) after `mark`? A socket
+        closed by `_end_sessions` must not be admitted by a handshake that was in flight then."""
+        ended = self._ended.get(user_id)
+        return ended is not None and ended[0] > mark
+
+    def _note_ended(self, user_id: int) -> None:
+        now = time.monotonic()
+        if len(self._ended) >= 10_000:  # a handshake in flight is far younger than HANDSHAKE_MEMORY
+            self._ended = {i: e for i, e in self._ended.items() if now - e[1] <= HANDSHAKE_MEMORY}
+        self._ends += 1
+        self._ended[user_id] = (self._ends, now)
+
     def known(self, parcel_id: int) -> ParcelState | None:
         """What the hub holds of a parcel, if it was read or kept up to date within `state_ttl`
         (a socket's handshake then needs no database read)."""
@@ -180,6 +207,8 @@ class Hub:
         parcel_id = parcel["_id"]
         self._subscribers.setdefault(parcel_id, set()).add(subscriber)
         self._by_user.setdefault(subscriber.user.id, set()).add(subscriber)
+        if subscriber.user.role == VIEWER:  # its link's version is the parcel's it was checked against
+            self._link_versions[subscriber] = shares.version(parcel)
         if loaded or parcel_id not in self._states:
             self._states[parcel_id] = ParcelState.of(parcel)
         latest = self._latest.get(parcel_id) or self._states[parcel_id].stored
@@ -308,21 +337,22 @@ class Hub:
                          recorded_at: datetime | None = None) -> None:
         """An accepted location: broadcast it, and sample it for the history. A fix from an
         offline batch (`recorded_at`) is already stored, so it is only broadcast, and only
-        when it is newer than what was broadcast last."""
+        when it is newer than the newest the parcel has, live or stored (after a restart the
+        stored last location is all the hub knows)."""
+        state = self._states[parcel_id]
         if recorded_at is None:
             ms = now_ms()
             self._sample(parcel_id, Position(driver_id, location, ms))
         else:
             ms = round(recorded_at.timestamp() * 1000)
-            latest = self._latest.get(parcel_id)
-            if latest is not None and latest["timestamp"] >= stamp(ms):
-                return
-        state = self._states[parcel_id]
+        when = stamp(ms)
+        if recorded_at is not None and any(known is not None and known["timestamp"] >= when
+                                           for known in (self._latest.get(parcel_id), state.stored)):
+            return
         journey = self._journeys.get(parcel_id)
         if journey is None:
             journey = self._journeys[parcel_id] = Journey(state.pickup, state.destination, self.geofence_radius_m)
         seen = journey.observe(location["lat"], location["lng"], ms / 1000, state.status, location.get("accuracy"))
-        when = stamp(ms)
         self.broker.publish({
             "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
             "message": protocol.location_message(parcel_id, driver_id, location, when, seen.eta, seen.low_quality),
@@ -332,10 +362,14 @@ class Hub:
                                  "timestamp": when})
 
     def store_batch(self, parcel_id: int, driver_id: int, fixes: list[tuple[dict[str, Any], datetime]]) -> None:
-        """An offline batch: every fix goes to the history at its own time; the newest is
-        broadcast if it is newer than the parcel's last broadcast."""
-        for location, recorded_at in fixes:
+        """An offline batch: its fixes go to the history at their own times, thinned
+        (`thin_batch`: a replay stores nothing, a flood about one row a second of recorded
+        time); the newest is broadcast if it is newer than anything the parcel has."""
+        kept = thin_batch(fixes, self._batch_newest.get(parcel_id))
+        for location, recorded_at in kept:
             self.writer.add(parcel_id, driver_id, location, recorded_at)
+        if kept:
+            self._batch_newest[parcel_id] = kept[-1][1]
         location, recorded_at = fixes[-1]
         self.publish_location(parcel_id, driver_id, location, recorded_at)
 
@@ -468,6 +502,7 @@ class Hub:
             socket.send_text(protocol.route_changed(socket.parcels))
 
     def _close_links(self, parcel_id: int, reason: str) -> None:
+        self._note_ended(link_viewer(parcel_id).id)
         for subscriber in [s for s in self._subscribers.get(parcel_id, ()) if s.user.role == VIEWER]:
             self.unsubscribe(subscriber, parcel_id)
             subscriber.revoke(reason, LINK_ENDED)
@@ -483,6 +518,7 @@ class Hub:
             if parcel_id in self._unsaved:
                 self._save_unsaved(parcel_id)
             self._accepted.pop(parcel_id, None)
+            self._batch_newest.pop(parcel_id, None)
             self._forget_position(parcel_id)
             self._board_sent.pop(parcel_id, None)
 
@@ -495,6 +531,7 @@ class Hub:
 
     def _end_sessions(self, user_id: int) -> None:
         self._users.pop(user_id, None)
+        self._note_ended(user_id)
         for subscriber in list(self._by_user.get(user_id, ())):
             for parcel_id in [p for p, subs in self._subscribers.items() if subscriber in subs]:
                 self._remove(subscriber, parcel_id)
@@ -509,3 +546,104 @@ class Hub:
             if subscriber.kind == "tracking" and subscriber.user.role == "driver" and subscriber.user.id == driver_id:
                 self.unsubscribe(subscriber, parcel_id)
                 subscriber.revoke("you are no longer assigned to this parcel")
+
+    # -- after a broker outage (realtime/broker.py) ----------------------------
+
+    def _resync_soon(self) -> None:
+        """The broker's subscription is back after a loss, or another process resent an event it
+        could not publish then: re-check against the database, once for any number of calls
+        meanwhile, and once more for calls that come while it runs."""
+        self._resync_wanted = True
+        if self._resyncing is None or self._resyncing.done():
+            self._resyncing = asyncio.ensure_future(self._resync_while_wanted())
+            self._tasks.add(self._resyncing)
+            self._resyncing.add_done_callback(self._tasks.discard)
+
+    async def _resync_while_wanted(self) -> None:
+        while self._resync_wanted:
+            self._resync_wanted = False
+            await asyncio.sleep(0.1)  # this moment's other resent events join in
+            try:
+                await self._resync()
+            except Exception:
+                log.exception("could not re-check sockets against the database after the broker's outage")
+
+    async def _resync(self) -> None:
+        """Whatever the other processes published while the broker was away never came: what this
+        process holds is checked against the database (again every RESYNC_RETRY seconds while the
+        database does not answer)."""
+        self._users.clear()  # a user cached before the outage may have changed since
+        while True:
+            try:
+                changed, links = await self._resync_parcels()
+                ended = await self._resync_users()
+                routes, boards = await self._resync_routes_and_boards()
+                break
+            except Exception as e:
+                if not unreachable(e):
+                    raise
+                log.warning("could not re-check sockets against the database: %s; trying again in %d s",
+                            str(e)[:120], RESYNC_RETRY)
+                await asyncio.sleep(RESYNC_RETRY)
+        log.info("re-checked after the broker's outage (parcels changed: %d, share sockets closed: %d, users whose "
+                 "sessions ended: %d, routes refreshed: %d, boards refreshed: %d)",
+                 changed, links, ended, routes, boards)
+
+    async def _resync_parcels(self) -> tuple[int, int]:
+        """Every parcel with subscribers: a new driver or status is applied as `_refresh` does;
+        share sockets of links revoked meanwhile are closed (4401). Returns how many of each."""
+        found = await parcels.get_parcels(self.db, list(self._subscribers))
+        changed = closed = 0
+        for parcel_id, parcel in found.items():
+            state = self._states.get(parcel_id)
+            if state is None:  # its last subscriber left meanwhile
+                continue
+            if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
+                self.parcel_changed(parcel, previous_driver_id=state.driver_id)
+                changed += 1
+            version = shares.version(parcel)
+            for viewer in [s for s in self._subscribers.get(parcel_id, ()) if s.user.role == VIEWER]:
+                if self._link_versions.get(viewer, version) < version:
+                    self.unsubscribe(viewer, parcel_id)
+                    viewer.revoke(shares.GONE, LINK_ENDED)
+                    closed += 1
+        return changed, closed
+
+    async def _resync_users(self) -> int:
+        """Every user with open sockets: those whose session moved on (logout, new password, new
+        role) or who were deleted have their sockets closed (4401). Returns how many users."""
+        user_ids = [user_id for user_id in self._by_user if user_id > 0]  # share viewers' ids are negative
+        found = await users.get_users(self.db, user_ids)  # `$in` batches of IN_CHUNK ids
+        ended = 0
+        for user_id in user_ids:
+            stored = found.get(user_id)
+            # Sessions only move on: a socket newer than this read is not taken for an old one.
+            if any(stored is None or s.user.session < stored.session or
+                   (s.user.session == stored.session and s.user.role != stored.role)
+                   for s in self._by_user.get(user_id, ())):
+                self._end_sessions(user_id)
+                ended += 1
+        return ended
+
+    async def _resync_routes_and_boards(self) -> tuple[int, int]:
+        """Parcels assigned meanwhile to a driver with a route socket here (the others came up in
+        `_resync_parcels`), and a fresh snapshot for each board. Returns how many of each."""
+        routes = 0
+        for driver_id in list(self._routes):
+            active = await parcels.active_for_driver(self.db, driver_id)
+            for socket in list(self._routes.get(driver_id, ())):
+                before = list(socket.parcels)
+                for parcel in active:
+                    state = self._states.get(parcel["_id"])
+                    if state is None or state.driver_id == driver_id:  # not reassigned since the read
+                        self._add_to_route(socket, parcel["_id"], ParcelState.of(parcel))
+                if socket.parcels != before:
+                    socket.send_text(protocol.route_changed(socket.parcels))
+                    routes += 1
+        if not self._boards:
+            return routes, 0
+        active = await parcels.all_active(self.db)
+        boards = list(self._boards)  # those still open after the read
+        for board in boards:
+            board.send_text(self.join_board(board, active))
+        return routes, len(boards)

@@ -105,12 +105,15 @@ class Journey:
 
     def observe(self, lat: float, lng: float, t: float, status: str, accuracy: float | None = None) -> Observation:
         """One accepted fix at `t` (seconds since the epoch) while the parcel is `status`."""
+        target = target_of(status)
         if self._low_quality(lat, lng, t, accuracy):
-            return Observation(True, self.last_eta, ())
+            # The last estimate stands only while it is still to where the status heads:
+            # one made before a status change names a target the parcel no longer has.
+            kept = self.last_eta if self.last_eta is not None and self.last_eta["to"] == target else None
+            return Observation(True, kept, ())
         self.last_good = (lat, lng, t)
         distances = {zone: distance_m((lat, lng), point) for zone, point in self.targets.items()}
         crossings = tuple(self._cross(zone, d) for zone, d in distances.items())
-        target = target_of(status)
         self.last_eta = self._eta(distances[target] if target else 0.0, t, target)
         return Observation(False, self.last_eta, tuple(c for c in crossings if c))
 

@@ -33,6 +33,10 @@ class Metrics:
         self.messages_by_kind = {kind: self.messages_in.labels(kind) for kind in ("tracking", "driver", "dispatch")}
         self.database_errors = Counter("parcel_database_errors", "Requests that found the database unavailable",
                                        registry=self.registry)
+        # With BROKER_URL (realtime/broker.py): events delivered in this process only, while Redis was away.
+        self.broker_unpublished = Counter("parcel_broker_unpublished", "Events that could not be published to the "
+                                          "broker (delivered in this process only)", ["kind"], registry=self.registry)
+        self.broker_outages = Counter("parcel_broker_outages", "Times the broker was lost", registry=self.registry)
         self._hub: Hub | None = None
 
     def watch(self, hub: Hub) -> None:

@@ -69,7 +69,10 @@ def _fix(value: Any) -> dict[str, Any]:
 
 def parse_batch(message: dict[str, Any], parcel_id: int | None) -> list[tuple[dict[str, Any], datetime]]:
     """A `location_batch`'s fixes with their `recorded_at`, checked whole before any is used
-    (docs/protocol.md, "Offline batches"): the first bad entry is named by its index."""
+    (docs/protocol.md, "Offline batches"): the first bad entry is named by its index.
+
+    A `recorded_at` ahead of the server's clock (allowed up to `LATEST_FIX`, for the phone's
+    clock) is taken as now: stored in the future, it would outrank every live fix that follows."""
     _check_parcel(message, parcel_id)
     entries = message.get("locations")
     if not isinstance(entries, list) or not entries:
@@ -78,6 +81,7 @@ def parse_batch(message: dict[str, Any], parcel_id: int | None) -> list[tuple[di
         raise ProtocolError(f"a batch holds at most {MAX_BATCH} locations")
     now = utcnow()
     fixes: list[tuple[dict[str, Any], datetime]] = []
+    previous = None
     for index, entry in enumerate(entries):
         try:
             location = _fix(entry)
@@ -86,9 +90,10 @@ def parse_batch(message: dict[str, Any], parcel_id: int | None) -> list[tuple[di
             raise ProtocolError(f"locations[{index}]: {e}") from None
         if not now - EARLIEST_FIX <= recorded <= now + LATEST_FIX:
             raise ProtocolError(f"locations[{index}]: recorded_at must lie within the last 24 hours")
-        if fixes and recorded < fixes[-1][1]:
+        if previous is not None and recorded < previous:
             raise ProtocolError(f"locations[{index}]: recorded_at must not be earlier than the one before")
-        fixes.append((location, recorded))
+        previous = recorded
+        fixes.append((location, min(recorded, now)))
     return fixes
 
 

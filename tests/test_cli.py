@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.process import app_env, run_cli
+from tests.process import Server, app_env, run_cli
 
 
 @pytest.fixture
@@ -89,3 +89,17 @@ def test_bad_settings_exit_2(env):
     assert "BROKER_URL" in refused(run_cli("demo", env={**env, "BROKER_URL": "amqp://x"}))
     production = refused(run_cli("serve", "--port", "1", env={**env, "APP_ENV": "production"}))
     assert "SECRET_KEY" in production
+
+
+def test_production_never_creates_the_demo_data(env):
+    """Its accounts have a published password: `serve` without --no-demo makes none, `demo` refuses."""
+    production = {**env, "APP_ENV": "production", "SECRET_KEY": "s" * 48}
+    assert "APP_ENV=production" in refused(run_cli("demo", env=production))
+    server = Server(production).start()
+    try:
+        status, answer = server.api("POST", "/api/token/", body={"email": "dispatcher@demo.test",
+                                                                 "password": "demo-pass"})
+    finally:
+        output = server.stop()
+    assert status == 401, answer
+    assert "demo" not in output, output

@@ -137,12 +137,12 @@ async def test_a_batch_is_stored_whole_with_its_times_and_only_the_newest_is_bro
     stored = await history(world, parcel_id, client)
     assert [(p["address"], p["timestamp"]) for p in stored] == [
         (f"offline {i}", iso(start + timedelta(seconds=5 * i))) for i in range(3)]
-    # a live fix is newer; a late batch older than it is stored but not broadcast
+    # a live fix is newer; a late batch older than it (newer than the first batch) is stored but not broadcast
     await expect_update(ws, 28.502, 77.1)
     ws.write_message(location(28.6, 77.2))
     await expect_update(watcher, 28.6, 77.2)
     await expect_update(ws, 28.6, 77.2)
-    ws.write_message(batch(start - timedelta(minutes=5), 2, parcel_id=parcel_id))
+    ws.write_message(batch(start + timedelta(minutes=5), 2, parcel_id=parcel_id))
     await nothing_arrives(watcher)
     assert len(await history(world, parcel_id, client)) == 5
 

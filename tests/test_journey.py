@@ -111,3 +111,18 @@ def test_inaccurate_fixes_and_impossible_jumps_are_low_quality_and_move_nothing(
     fine = journey.observe(*east_of_destination(1900), 1015, "in_transit", accuracy=20)
     assert not fine.low_quality
     assert math.isclose(fine.eta["distance_m"], 1900, abs_tol=2)
+
+
+def test_a_weak_fix_after_a_status_change_never_names_the_old_target() -> None:
+    journey = Journey(PICKUP, DESTINATION, 150)
+    for i in range(5):
+        eta = journey.observe(PICKUP["lat"] + 0.01 - i * 0.001, PICKUP["lng"], 1000 + i * 5, "assigned").eta
+    assert eta["to"] == "pickup"
+    near = (PICKUP["lat"] + 0.005, PICKUP["lng"])
+    assert journey.observe(*near, 1026, "assigned", accuracy=500).eta == eta  # same status: the estimate stands
+    assert journey.observe(*near, 1027, "picked_up", accuracy=500).eta is None  # not yet measured to the destination
+    assert journey.observe(*near, 1028, "delivered", accuracy=500).eta is None
+    for i in range(3):  # good fixes closing on the destination give an estimate to it
+        eta = journey.observe(*east_of_destination(3000 - 50 * i), 2000 + 5 * i, "in_transit").eta
+    assert eta is not None and eta["to"] == "destination"
+    assert journey.observe(*east_of_destination(2800), 2016, "in_transit", accuracy=500).eta == eta

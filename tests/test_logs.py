@@ -3,13 +3,14 @@
 The in-process tests read the app's log records; this one reads everything the
 server process writes, access log, warnings and all, after the ways a token or a
 password could reach it: a socket accepted, refused for its token, refused for its
-parcel, refused for its origin, and a failed login.
+parcel, refused for its origin, a failed login, and a share link's page and history.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -34,6 +35,10 @@ def test_nothing_secret_in_anything_serve_prints(tmp_path):
                                                                  "destination": {"lat": 28.5, "lng": 77.1}})
         wrong_password = "not-the-password-7d3f"
         assert server.api("POST", "/api/token/", body={"email": "c@example.test", "password": wrong_password})[0] == 401
+        _, link = server.api("POST", f"/api/parcels/{parcel['id']}/share/", client)
+        with urllib.request.urlopen(link["url"], timeout=10) as page:
+            assert page.status == 200
+        assert server.api("GET", f"/t/{link['token']}/locations")[0] == 200
 
         async def sockets() -> None:
             base = f"ws://127.0.0.1:{server.port}/ws/tracking/?parcel_id={parcel['id']}&token="
@@ -53,6 +58,7 @@ def test_nothing_secret_in_anything_serve_prints(tmp_path):
         output = server.stop()
     assert me["email"] == "c@example.test"
     assert "/ws/tracking/" in output and "POST /api/token/" in output, output  # the access log is there
-    for secret in (client, other, wrong_password, PASSWORD):
+    assert "GET /t/[token] " in output and "GET /t/[token]/locations " in output, output
+    for secret in (client, other, wrong_password, PASSWORD, link["token"]):
         for fragment in (secret, secret[:16], secret.rsplit(".", 1)[-1]):
             assert fragment not in output, (fragment, output)

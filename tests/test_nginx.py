@@ -2,8 +2,9 @@
 (docs/protocol.md, "Operating it"). `make test` installs nginx like chromium.
 
 Through nginx: the API and `wss://` work; the app sees the client's scheme (its login
-cookie is `Secure`) and address (TRUSTED_PROXIES), the origin check passes for the page's
-own origin, and nginx's access log has no token.
+and `_xsrf` cookies are `Secure`) and address (TRUSTED_PROXIES), the origin check passes
+for the page's own origin, and nginx's access log has no token, not even a share link's.
+`/metrics` is not served through it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -64,6 +67,15 @@ def start_nginx(folder: Path, app_port: int, port: int, key: Path, cert: Path) -
     raise AssertionError("nginx did not start")
 
 
+def stop_nginx(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)  # a fast shutdown: open sockets are simply closed
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def test_wss_and_the_api_through_nginx_with_tls(tmp_path):
     env = app_env(DATA_DIR=str(tmp_path / "data"), TRUSTED_PROXIES="127.0.0.1")
     for email, role in (("c@example.test", "client"), ("d@example.test", "driver")):
@@ -97,6 +109,7 @@ def test_wss_and_the_api_through_nginx_with_tls(tmp_path):
             assert r.code == 200, r.body
             tokens[who] = json.loads(r.body)["access"]
         login_page = await call("/login")
+        assert "Secure" in login_page.headers["Set-Cookie"]  # the _xsrf cookie too
         xsrf = login_page.headers["Set-Cookie"].split("_xsrf=")[1].split(";")[0]
         logged_in = await call("/login", method="POST", headers={"Cookie": f"_xsrf={xsrf}"},
                                body=f"_xsrf={xsrf}&email=c@example.test&password=password1")
@@ -128,12 +141,7 @@ def test_wss_and_the_api_through_nginx_with_tls(tmp_path):
     try:
         seen = asyncio.run(through_nginx())
     finally:
-        nginx.send_signal(signal.SIGTERM)  # a fast shutdown: open sockets are simply closed
-        try:
-            nginx.wait(10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
+        stop_nginx(nginx)
         output = server.stop()
     assert "Secure" in seen["cookie"]  # the app knew the client came over https
     assert f"({CLIENT_ADDRESS})" in output and "/ws/tracking/" in output, output  # and from where
@@ -141,3 +149,37 @@ def test_wss_and_the_api_through_nginx_with_tls(tmp_path):
     assert "/ws/tracking/" in log and CLIENT_ADDRESS in log, log
     for token in seen["tokens"].values():
         assert token not in log and token[:20] not in log and token not in output
+
+
+def test_nginx_logs_no_share_token_and_serves_no_metrics(tmp_path):
+    """Without TRUSTED_PROXIES (the app then sees every request come from nginx's loopback
+    address): a share link's page and history leave no token in nginx's access log, and
+    nginx answers /metrics itself with 404, while /healthz still reaches the app."""
+    key, cert = certificate(tmp_path)
+    server = Server(app_env(DATA_DIR=str(tmp_path / "data"))).start()  # with the demo data
+    nginx = None
+    try:
+        client = server.token("client@demo.test", "demo-pass")
+        _, parcels = server.api("GET", "/api/parcels/", client)
+        _, link = server.api("POST", f"/api/parcels/{parcels[0]['id']}/share/", client)
+        port = free_port()
+        nginx = start_nginx(tmp_path, server.port, port, key, cert)
+        tls = ssl.create_default_context(cafile=str(cert))
+
+        def status(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=tls, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert status(f"/t/{link['token']}") == 200 and status(f"/t/{link['token']}/locations") == 200
+        assert status("/metrics") == 404 and status("/metrics/") == 404
+        assert status("/healthz") == 200
+    finally:
+        if nginx is not None:
+            stop_nginx(nginx)
+        server.stop()
+    log = (tmp_path / "tracking.log").read_text()
+    assert '"GET /t/[token]"' in log and '"GET /t/[token]/locations"' in log, log
+    assert link["token"] not in log and link["token"].split(".", 1)[1][:20] not in log, log

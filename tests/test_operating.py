@@ -1,13 +1,16 @@
-"""Operating it (docs/protocol.md, "Operating it"): health, metrics, and a database that
-stops answering under a live drive (a real SIGSTOP of a real embedded database)."""
+"""Operating it (docs/protocol.md, "Operating it"): health, metrics, a database that
+stops answering under a live drive (a real SIGSTOP of a real embedded database), and
+SIGTERM's 10 s even then."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +19,12 @@ from ipaddress import ip_network
 import pytest
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
+from tornado.websocket import websocket_connect
 
 from app import make_app
-from models.embedded import EmbeddedDatabase
+from models.embedded import EmbeddedDatabase, _alive
 from tests.conftest import ROOT, World, body, location, recv, refused, settings
+from tests.process import Server, app_env
 from tests.test_tracking_socket import expect_closed, expect_error, scene, send_location, subscribed
 
 
@@ -59,6 +64,18 @@ async def test_metrics_are_for_loopback_or_the_metrics_token(world):
     r = await world.api("GET", "/metrics", headers={**outside, "Authorization": f"Bearer {'m' * 32}"})
     assert r.code == 200 and b"parcel_samples_queued" in r.body
     assert (await world.api("GET", "/metrics")).code == 200  # loopback itself
+
+
+@pytest.mark.gen_test
+@settings(metrics_token="m" * 32)
+async def test_a_request_through_a_proxy_on_loopback_is_no_loopback_client(world):
+    """Without TRUSTED_PROXIES, nginx on loopback passes on requests from anywhere: its headers
+    say so, and such a request needs the METRICS_TOKEN."""
+    for proxied in ({"X-Forwarded-For": "203.0.113.9"}, {"X-Real-IP": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"}):
+        refused(await world.api("GET", "/metrics", headers=proxied), 403, proxied)
+        r = await world.api("GET", "/metrics", headers={**proxied, "Authorization": f"Bearer {'m' * 32}"})
+        assert r.code == 200 and b"parcel_samples_queued" in r.body, proxied
+    assert (await world.api("GET", "/metrics")).code == 200
 
 
 @pytest.mark.gen_test
@@ -139,3 +156,45 @@ async def test_the_dashboard_plots_only_series_the_server_exposes(world):
     wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
               for name in re.findall(r"parcel_[a-z_]+", target["expr"])}
     assert wanted and all(re.search(rf"^{name}[{{ ]", exposed, re.M) for name in wanted), wanted
+
+
+def test_sigterm_exits_within_10_s_even_with_the_database_frozen(tmp_path):
+    """SIGTERM to exit within 10 s with sockets open, samples queued and the embedded database
+    frozen (SIGSTOP): the worst case, where closing connections, writing what is queued and
+    stopping the database each run out their time, so they must share one budget."""
+    server = Server(app_env(DATA_DIR=str(tmp_path), LOCATION_SAMPLE_EVERY="1")).start()  # with the demo data
+    db_pid = json.loads((tmp_path / "db-server.json").read_text())["pid"]
+    try:
+        driver, client = server.token("driver@demo.test", "demo-pass"), server.token("client@demo.test", "demo-pass")
+        _, (parcel, *_) = server.api("GET", "/api/parcels/", driver)
+        url = f"ws://127.0.0.1:{server.port}/ws/tracking/?parcel_id={parcel['id']}&token="
+
+        async def drive_then_stop() -> float:
+            sockets = [await websocket_connect(url + token) for token in (driver, client, client)]
+            for ws in sockets:
+                assert (await recv(ws))["type"] == "subscribed"
+            idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+            for sock in idle:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a request never finished
+            os.kill(db_pid, signal.SIGSTOP)
+            for n in range(8):  # every one sampled, none written
+                sockets[0].write_message(location(28.6 - n / 1000, 77.2))
+                assert (await recv(sockets[0]))["type"] == "location_update"
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.process.wait, 40)
+            took = time.monotonic() - started
+            for sock in idle:
+                sock.close()
+            return took
+
+        took = asyncio.run(drive_then_stop())
+    finally:
+        try:
+            os.kill(db_pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        output = server.stop()
+    assert took < 10 and server.process.returncode == 0, (took, server.process.returncode, output)
+    assert "could not be written before shutdown" in output, output
+    assert not _alive(db_pid), "the embedded database outlived the server"

@@ -761,7 +761,7 @@ async def test_no_token_reaches_the_log(world, caplog, monkeypatch):
     await rejected(world, s.id, secrets[-1], 4403)
     # A handler that fails: Tornado's own log line would carry the URL, and so the token.
     secrets.append(world.token(s.dispatcher))
-    monkeypatch.setattr(parcels, "get_parcel", failing)
+    monkeypatch.setattr(parcels, "get_parcels", failing)  # what the handshake reads through (models/lookups.py)
     ws = await world.socket(s.id, secrets[-1])
     assert await recv(ws) is None  # the server gave up on it
     monkeypatch.undo()
