@@ -52,9 +52,9 @@ HERE = Path(__file__).resolve().parent
 SUPERVISE_EVERY = 1.0  # seconds between two looks at the embedded database
 RESTARTS_PER_MINUTE = 3
 # SIGTERM starts one budget for the whole shutdown (exit within the 10 s a process manager gives,
-# a second of it kept for the process to end): closing connections, then writing what is queued,
-# then stopping the embedded database, each taking from what is left.
-SHUTDOWN_WITHIN = 9.0
+# two seconds of it kept for the process to end on a loaded machine): closing connections, then
+# writing what is queued, then stopping the embedded database, each taking from what is left.
+SHUTDOWN_WITHIN = 8.0
 CLOSE_CONNECTIONS_WITHIN = 2.0
 # Kept from the writing for what follows it: the database client closing (at most CLOSE_CLIENT_WITHIN),
 # then the embedded database stopping (about 2 s; past the budget it is killed).
