@@ -37,9 +37,9 @@ from auth import passwords
 from auth.throttle import LoginThrottle
 from handlers import api, fleet, ops, pages, tracking
 from handlers.base import ApiNotFound, StaticFiles, loggable_path
-from models import demo, geo, parcels, users
+from models import demo, geo, parcels, shares, users
 from models.access import ROLES, may_drive, may_own_parcels
-from models.db import ID, Database, DatabaseUnavailable, parse_id
+from models.db import ID, Database, DatabaseUnavailable, parse_id, utcnow
 from models.embedded import STOP_TIMEOUT, EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
 from models.lookups import Lookups
@@ -125,6 +125,7 @@ class Application(tornado.web.Application):
             login_url="/login",
             static_path=str(HERE / "static"),
             static_handler_class=StaticFiles,
+            compress_response=True,  # gzip for text, JS, JSON, SVG asked with Accept-Encoding; sockets are untouched
             websocket_ping_interval=config.ws_ping_interval,
             websocket_ping_timeout=config.ws_ping_timeout,
             websocket_max_message_size=settings_module.WEBSOCKET_MAX_BATCH_SIZE,  # others: 4 KiB (handlers/tracking.py)
@@ -149,10 +150,12 @@ class Application(tornado.web.Application):
             await self.db.close()
 
     async def prune_locations(self) -> None:
-        """Delete samples past LOCATION_RETENTION_DAYS (one indexed delete; see models.db)."""
+        """Delete samples past LOCATION_RETENTION_DAYS and expired share links (indexed deletes; see models.db)."""
         try:
             if deleted := await self.db.prune_locations():
                 log.info("deleted %d location samples past their retention", deleted)
+            if gone := await shares.prune(self.db, utcnow()):
+                log.info("deleted %d expired share links", gone)
         except PyMongoError as e:
             log.warning("could not delete old location samples: %s", e)
 

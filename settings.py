@@ -51,6 +51,7 @@ class Settings:
     last_location_interval: float = 5.0  # seconds; a parcel's last_location is rewritten at most this often
     location_retention_days: int = 90
     share_link_ttl: int = 172_800  # seconds a share link lives (at most until an hour after the parcel finished)
+    business_name: str = "Parcel Tracking"  # the name a share link's page shows its recipient
     geofence_radius_m: float = 150.0
     retention_interval: float = 3600.0  # seconds between two passes deleting expired samples
     shutdown_timeout: float = 7.0  # seconds SIGTERM may spend writing what is queued (see app.py)
@@ -82,6 +83,7 @@ class Settings:
             sample_queue_max=_positive_int(env, "SAMPLE_QUEUE_MAX", 100_000),
             location_retention_days=_positive_int(env, "LOCATION_RETENTION_DAYS", 90),
             share_link_ttl=_positive_int(env, "SHARE_LINK_TTL", 172_800),
+            business_name=" ".join(env.get("BUSINESS_NAME", "").split())[:80] or "Parcel Tracking",
             geofence_radius_m=float(_positive_int(env, "GEOFENCE_RADIUS_M", 150)),
             debug=env.get("DEBUG", "") in ("1", "true", "yes"),
         )

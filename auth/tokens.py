@@ -5,17 +5,23 @@
 | `access` | `POST /api/token/`, `/api/token/refresh/` | the API, the sockets | ACCESS_TOKEN_TTL |
 | `refresh` | `POST /api/token/` | `/api/token/refresh/` only | REFRESH_TOKEN_TTL |
 | `socket` | `GET /api/token/ws/` (a page's login cookie) | the sockets only | 60 s |
-| `share` | `POST /api/parcels/<id>/share/` | `/t/<token>` and the tracking socket of its one parcel | SHARE_LINK_TTL |
+| `share` | none now (short links are made instead) | `/t/<token>`, its parcel's socket | SHARE_LINK_TTL |
 
 The algorithm is pinned on decode, so `alg: none` or another algorithm is refused;
 `exp` is required. A user's token carries `ver`, the user's session version: logging
 out, a new password or a new role moves the version on, and every token issued
-before stops working (docs/security.md). A share token names no user: `pid` is its parcel and
+before stops working (docs/security.md). A signed share token names no user: `pid` is its parcel and
 `sv` the parcel's share version when it was made (models/shares.py).
+
+A share link's token is now short and opaque (`new_share_token`: 128 random bits, 22
+URL-safe characters) and names nothing itself: models/shares.py stores what it names.
+It has no dot, so it can never be mistaken for one of the signed tokens above.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 import uuid
 from collections.abc import Collection
@@ -27,6 +33,8 @@ from models.access import ROLES, User
 from models.db import MAX_ID
 
 ALGORITHM = "HS256"
+SHORT_SHARE = re.compile(r"[A-Za-z0-9_-]{16,64}")  # CONTRACT §7: 16–64 URL-safe characters
+SHORT_SHARE_BYTES = 16  # 128 bits (the contract asks at least 96)
 USER_TYPES = ("access", "refresh", "socket")
 SOCKET_TYPES = ("access", "socket")  # what a socket accepts from a user
 
@@ -57,6 +65,23 @@ class Shared:
     version: int
 
 
+@dataclass(frozen=True)
+class ShortShare:
+    """A short share token, still to be looked up (models/shares.py) to know what it names."""
+
+    token: str
+
+
+def new_share_token() -> str:
+    """A new share link's token: opaque, random, short enough for a text message."""
+    return secrets.token_urlsafe(SHORT_SHARE_BYTES)
+
+
+def is_short_share(token: str | None) -> bool:
+    """Is this a short share token by its form (whether one was made is the database's to say)?"""
+    return bool(token) and SHORT_SHARE.fullmatch(token) is not None
+
+
 def issue(user: User, token_type: str, ttl: int, secret: str) -> str:
     if token_type not in USER_TYPES:
         raise ValueError(f"not a user token type: {token_type!r}")
@@ -68,9 +93,12 @@ def verify(token: str | None, accepted: str | Collection[str], secret: str) -> C
     return _claimed(_decode(token, secret), (accepted,) if isinstance(accepted, str) else tuple(accepted))
 
 
-def verify_socket(token: str | None, secret: str) -> Claimed | Shared:
-    """What a token a socket was opened with names: a user (an access or socket token) or a
-    share link's parcel; decoded once (a handshake's costliest step after the database)."""
+def verify_socket(token: str | None, secret: str) -> Claimed | Shared | ShortShare:
+    """What a token a socket was opened with names: a user (an access or socket token), a
+    signed share link's parcel, or a short share token to look up; decoded once (a
+    handshake's costliest step after the database)."""
+    if is_short_share(token):
+        return ShortShare(token)
     claims = _decode(token, secret)
     return _shared(claims) if claims.get("type") == "share" else _claimed(claims, SOCKET_TYPES)
 
@@ -87,7 +115,8 @@ def _claimed(claims: dict, accepted: tuple[str, ...]) -> Claimed:
 
 
 def issue_share(parcel_id: int, version: int, expires_at: int, secret: str) -> str:
-    """A share link's token for one parcel, valid until `expires_at` (seconds since the epoch)."""
+    """A signed share token for one parcel, valid until `expires_at` (seconds since the epoch).
+    The API makes short ones now (`new_share_token`); this is kept for the tests of the old kind."""
     return _encode({"sub": f"parcel:{parcel_id}", "pid": parcel_id, "sv": version, "type": "share"},
                    expires_at - int(time.time()), secret)
 

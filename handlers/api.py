@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from auth import passwords, tokens
@@ -248,10 +248,10 @@ class ShareHandler(ParcelHandlerBase):
         expires = shares.expiry(parcel, utcnow(), self.config.share_link_ttl)
         if expires is None:
             raise Refused(409, "this parcel finished more than an hour ago; it can no longer be shared")
-        until = int(expires.timestamp())
-        token = tokens.issue_share(parcel["_id"], shares.version(parcel), until, self.config.secret_key)
+        token = tokens.new_share_token()
+        await shares.store(self.db, token, parcel, expires, utcnow())
         self.send({"url": f"{self.request.protocol}://{self.request.host}/t/{token}", "token": token,
-                   "expires_at": iso(datetime.fromtimestamp(until, UTC))}, status=201)
+                   "expires_at": iso(expires)}, status=201)
 
     async def delete(self, parcel_id: str) -> None:
         parcel = await self.shareable(parcel_id)
@@ -268,9 +268,13 @@ class LocationsHandler(ParcelHandlerBase):
         _, parcel = await self.visible_parcel(parcel_id)
         await self.send_history(parcel)
 
-    async def send_history(self, parcel: dict[str, Any]) -> None:
+    async def send_history(self, parcel: dict[str, Any], earliest: datetime | None = None) -> None:
+        """A page of the history, none of it before `earliest` when given."""
         limit = self.int_argument("limit", 1000, 1, locations.MAX_HISTORY_PAGE)
-        page = await locations.history(self.db, parcel, since=self.since(), limit=limit)
+        since = self.since()
+        if earliest is not None and (since is None or since < earliest):
+            since = earliest - locations.MILLISECOND  # `since` is exclusive
+        page = await locations.history(self.db, parcel, since=since, limit=limit)
         if page.next_since is not None:
             self.set_next_link(since=iso(page.next_since))
         self.send({"locations": page.locations})
@@ -289,4 +293,10 @@ class SharedLocationsHandler(LocationsHandler):
     """`/t/<token>/locations`: the history for a share link's page, the link its only credential."""
 
     async def get(self, token: str) -> None:
-        await self.send_history(await self.shared_parcel(token))
+        parcel = await self.shared_parcel(token)
+        since = shares.position_since(parcel, utcnow())
+        if since is None:  # not on its way to the recipient: no position, no path (CONTRACT §7)
+            self.int_argument("limit", 1000, 1, locations.MAX_HISTORY_PAGE)
+            self.since()  # the same 400s as when there is a history
+            return self.send({"locations": []})
+        await self.send_history(parcel, earliest=since)

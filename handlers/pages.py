@@ -16,10 +16,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from handlers.base import LOGIN_COOKIE, BaseHandler, Refused, retry_after
-from models import parcels, users
+from models import parcels, shares, users
 from models.access import User, can_share, may_drive
-from models.db import MAX_ID, iso, parse_id
+from models.db import MAX_ID, iso, parse_id, utcnow
 from models.locations import EARLIEST_FIX, MAX_HISTORY_PAGE
+from realtime.journey import LOW_ACCURACY_M
 from realtime.protocol import MAX_BATCH
 from settings import Settings
 
@@ -39,10 +40,17 @@ STATUS_LABELS = {
     "cancelled": "Cancelled",
 }
 DRIVER_SEND_EVERY = 5  # seconds between two positions sent by the driver's page
+DELIVER_FAR_M = 300  # metres from the destination past which "Delivered" warns the driver how far they are
 DRIVER_TEXTS = {
-    "help_on": f"Sharing your position with the customer every {DRIVER_SEND_EVERY} seconds.",
-    "help_off": f"Turn tracking on to share your position with the customer every {DRIVER_SEND_EVERY} seconds.",
+    "help_on": f"Your shift is on: the customers of your parcels, this one included, see your position every "
+               f"{DRIVER_SEND_EVERY} seconds. Turning tracking off here ends your shift on every page.",
+    "help_off": f"Tracking is your shift: turn it on to share your position every {DRIVER_SEND_EVERY} seconds "
+                "with the customers of this parcel and of your other parcels.",
     "finished": "This parcel is {status}: there is nothing left to track.",
+    "finished_on_shift": "This parcel is {status}. Your shift goes on for your other parcels.",
+    "lost": "Tracking stopped: you are no longer assigned to this parcel",
+    "lost_help": "Your shift goes on for your other parcels: end it on My deliveries.",
+    "deliver_far": "You are about {distance} from the destination ({place}).",
 }
 WEAK_GPS = "Weak GPS: your position is not precise right now, so the map does not move to it."
 BOARD_STALE_AFTER = 60  # seconds without a report before the board highlights a truck
@@ -131,9 +139,11 @@ def page_rules(config: Settings, **more: Any) -> str:
 
 
 def driver_rules(config: Settings) -> str:
-    """The rules of both driver pages: their texts and the offline queue's limits."""
+    """The rules of both driver pages: their texts, the offline queue's limits, how far from the
+    destination "Delivered" warns, and how accurate a fix must be to count for that."""
     return page_rules(config, texts=DRIVER_TEXTS, weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH,
-                      max_offline_age_s=MAX_OFFLINE_AGE)
+                      max_offline_age_s=MAX_OFFLINE_AGE, deliver_far_m=DELIVER_FAR_M,
+                      good_fix_accuracy_m=LOW_ACCURACY_M)
 
 
 def place_text(point: dict[str, Any] | None) -> str:
@@ -169,14 +179,23 @@ def timeline_view(parcel: dict[str, Any]) -> list[dict[str, Any]]:
              "timestamp": iso(step["timestamp"])} for step in parcel.get("timeline", ())]
 
 
-SHARED_FIELDS = ("id", "status", "status_label", "pickup", "destination", "finished", "timeline")
+SHARED_FIELDS = ("id", "status", "status_label", "finished", "timeline")
+SHARE_PARCEL_NAME = "Your parcel"  # what the share page calls the parcel: its recipient's, not "Parcel #12"
+
+
+def rough_place(point: dict[str, Any]) -> str:
+    """An address, or where it is to about a hundred metres: a recipient reads no six-decimal coordinates."""
+    return point.get("address") or f"Near {point['lat']:.3f}, {point['lng']:.3f}"
 
 
 def share_view(parcel: dict[str, Any], driver_name: str) -> dict[str, Any]:
     """What a share link shows of a parcel: `parcel_view`'s fields that hold no e-mail
-    address and no user id, and the driver by name (docs/protocol.md, "Share links")."""
+    address and no user id, the places as people read them, and the driver by name
+    (docs/protocol.md, "Share links")."""
     view = parcel_view(parcel)
-    return {**{field: view[field] for field in SHARED_FIELDS}, "driver": driver_name or "Your driver"}
+    return {**{field: view[field] for field in SHARED_FIELDS}, "driver": driver_name or "Your driver",
+            "name": SHARE_PARCEL_NAME, "pickup": rough_place(parcel["pickup"]),
+            "destination": rough_place(parcel["destination"])}
 
 
 def map_parcel(parcel: dict[str, Any], private: bool = True) -> dict[str, Any]:
@@ -363,26 +382,55 @@ class TrackPage(PageHandler):
 
 
 class SharePage(PageHandler):
-    """`/t/<token>`: a share link's read-only live map, no login (docs/protocol.md, "Share links")."""
+    """`/t/<token>`: a share link's read-only live map, no login (docs/protocol.md, "Share links").
+
+    It shows the driver's position only from the moment the parcel is on its way to the
+    recipient (models.shares.position_since), and a finished parcel's final status without
+    a truck; an expired, revoked or forged link gets a page of its own, for someone
+    without an account (`write_error`)."""
 
     login_required = False
 
     async def get(self, token: str) -> None:
         parcel = await self.shared_parcel(token)
         driver = await users.get_user(self.db, parcel["driver_id"]) if parcel.get("driver_id") else None
+        shown = map_parcel(parcel, private=False)
+        last = shown["last_location"]
+        if not shares.may_show(shares.position_since_text(parcel, utcnow()), last and last["timestamp"]):
+            shown["last_location"] = None  # before it is on its way to them (or after): no truck
+        for end in ("pickup", "destination"):
+            shown[end]["label"] = rough_place(parcel[end])
         self.page(
             "share.html",
             parcel=share_view(parcel, driver.name if driver else ""),
-            parcel_json=json.dumps(map_parcel(parcel, private=False)),
-            rules_json=page_rules(self.config),
+            parcel_json=json.dumps(shown),
+            rules_json=page_rules(self.config, position_statuses=list(shares.POSITION_STATUSES),
+                                  no_position_text=shares.NO_POSITION_YET, parcel_name=SHARE_PARCEL_NAME),
             share_token=token,
             history_url=f"/t/{token}/locations",
+            business_name=self.config.business_name,
+            position_statuses=shares.POSITION_STATUSES,
+            no_position_text=shares.NO_POSITION_YET,
             **self.map_context(),
         )
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code != 404:
+            return super().write_error(status_code, **kwargs)
+        # No "Go to the login page": whoever holds a link need not have an account.
+        self.page("share_gone.html", business_name=self.config.business_name)
+
+
+def driver_view(parcel: dict[str, Any]) -> dict[str, Any]:
+    """A parcel as the driver's pages show it: `parcel_view`, its next steps, and where its
+    destination is (the "Delivered" confirmation measures the driver's distance to it)."""
+    return {**parcel_view(parcel), "steps": driver_steps(parcel),
+            "to_lat": parcel["destination"]["lat"], "to_lng": parcel["destination"]["lng"]}
+
 
 class DriverParcelsPage(PageHandler):
-    """The driver's route: every active parcel, oldest first, and the latest finished ones."""
+    """The driver's parcels: every active one in the order they came in (oldest first; no
+    driving order is worked out), and the latest finished ones."""
 
     roles = ("driver",)
 
@@ -390,26 +438,25 @@ class DriverParcelsPage(PageHandler):
         active = await parcels.active_for_driver(self.db, self.current_user.id)
         finished = await parcels.find_page(self.db, {"driver_id": self.current_user.id}, limit=RECENT_FINISHED,
                                            statuses=sorted(parcels.FINISHED))
-        self.page("driver.html", active=[{**parcel_view(p), "steps": driver_steps(p)} for p in active],
+        self.page("driver.html", active=[driver_view(p) for p in active],
                   finished=[parcel_view(p) for p in finished.parcels],
                   rules_json=driver_rules(self.config),
                   ws_url=self.config.public_ws_url)
 
 
 class DriverParcelPage(PageHandler):
-    """The driver's tracking toggle and status buttons for one assigned parcel."""
+    """One assigned parcel: the shift's tracking toggle (the same shift as /driver's) and the status buttons."""
 
     roles = ("driver",)
 
     async def get(self, parcel_id: str) -> None:
         parcel = await self.visible_parcel(parcel_id)
-        steps = driver_steps(parcel)
-        view = parcel_view(parcel)
+        view = driver_view(parcel)
         finished = DRIVER_TEXTS["finished"].format(status=view["status_label"].lower())
         self.page(
             "driver_parcel.html",
             parcel=view,
-            steps=steps,
+            steps=view["steps"],
             help_text=finished if view["finished"] else DRIVER_TEXTS["help_off"],
             rules_json=driver_rules(self.config),
             ws_url=self.config.public_ws_url,

@@ -148,19 +148,19 @@ class Socket(tornado.websocket.WebSocketHandler):
             self._reject(CLOSE_TRY_LATER, "the database is unavailable; try again in a moment")
             return None
 
-    def credentials(self) -> tokens.Claimed | tokens.Shared | None:
+    def credentials(self) -> tokens.Claimed | tokens.Shared | tokens.ShortShare | None:
         """What the socket's token names; None once the socket has been closed for a bad one (4401)."""
         try:
             return tokens.verify_socket(self._argument("token"), self.application.config.secret_key)
         except tokens.TokenError as e:
             return self._reject(CLOSE_UNAUTHENTICATED, str(e))
 
-    async def authenticate(self, claimed: tokens.Claimed | tokens.Shared | None) -> User | None:
+    async def authenticate(self, claimed: tokens.Claimed | tokens.Shared | tokens.ShortShare | None) -> User | None:
         """The user `claimed` names, still in the same session and of this socket's roles;
         None once the socket has been closed for it (4401, 4403 or 1013)."""
         if claimed is None:
             return None
-        if isinstance(claimed, tokens.Shared):
+        if isinstance(claimed, tokens.Shared | tokens.ShortShare):
             return self._reject(CLOSE_UNAUTHENTICATED, "a share link opens only its parcel's tracking socket")
         user = self.hub.known_user(claimed.id)
         if user is None:
@@ -311,6 +311,10 @@ class TrackingSocket(Socket):
         parcel_id = parse_id(raw_id)  # any other integer names no parcel
         claimed = self.credentials()
         known = None
+        if isinstance(claimed, tokens.ShortShare):
+            claimed = await self.look_up(claimed)
+            if claimed is None:
+                return
         if isinstance(claimed, tokens.Shared):
             user, parcel = await self.link(claimed, parcel_id)
         else:
@@ -334,6 +338,17 @@ class TrackingSocket(Socket):
         self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"]))
         if snapshot:
             self.send_text(snapshot)
+
+    async def look_up(self, short: tokens.ShortShare) -> tokens.Shared | None:
+        """What a short share token names (a batched read); None once the socket has been
+        closed for it (an unknown or expired link: 4401; no database: 1013)."""
+        found = await self.read(self.application.lookups.share_link(short.token))
+        if found is None:
+            return None
+        named = shares.names(found[0], utcnow())
+        if named is None:
+            return self._reject(CLOSE_UNAUTHENTICATED, shares.GONE)
+        return tokens.Shared(*named)
 
     async def link(self, shared: tokens.Shared, parcel_id: int | None) -> tuple[User | None, dict[str, Any] | None]:
         """A share link's viewer and its parcel; (None, None) once the socket has been closed for it."""

@@ -143,6 +143,7 @@ class Database:
         self.parcels = self.db["parcels"]
         self.locations = self.db["locations"]
         self.counters = self.db["counters"]
+        self.share_links = self.db["share_links"]  # by token (_id); models/shares.py
         self.retention = timedelta(days=retention_days)
         self.ttl_index = ttl_index
 
@@ -171,6 +172,10 @@ class Database:
         await self.parcels.create_index([("driver_id", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)])
         await self.locations.create_index([("parcel_id", ASCENDING), ("timestamp", ASCENDING)])
         await self._retention_index()
+        # Expired links go in the hourly retention pass (models.shares.prune); an expired one is refused
+        # before then. No TTL index: a command on MONGODB_URI and a server on the same database would
+        # ask for the same index with and without one (an error), and a link is small.
+        await self.share_links.create_index("expires_at")
 
     async def _retention_index(self) -> None:
         """The index on a sample's time that retention deletes by: a TTL index, so MongoDB

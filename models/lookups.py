@@ -1,4 +1,4 @@
-"""The reads a socket's handshake makes (its user, its parcel), shared and batched.
+"""The reads a socket's handshake makes (its user, its parcel, its share link), shared and batched.
 
 After a restart or a network blip every page reconnects within a second or two. One
 `find_one` per handshake queued thousands of reads behind each other in the database
@@ -18,7 +18,7 @@ from typing import Any
 
 import pymongo
 
-from models import parcels, users
+from models import parcels, shares, users
 from models.access import User
 from models.db import Database
 
@@ -35,7 +35,7 @@ class Batched:
     """`get(id)`: the document with that id, or None, read together with every other id
     asked for while earlier rounds were under way."""
 
-    def __init__(self, fetch: Callable[[list[int]], Awaitable[dict[int, Any]]], deadline: float) -> None:
+    def __init__(self, fetch: Callable[[list[Any]], Awaitable[dict[Any, Any]]], deadline: float) -> None:
         self._fetch = fetch
         self._deadline = deadline
         self._waiting: dict[int, asyncio.Future[Any]] = {}  # not yet in a round
@@ -44,7 +44,7 @@ class Batched:
         self.askers = 0  # handshakes waiting for a read now
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def get(self, key: int) -> Any:
+    async def get(self, key: int | str) -> Any:
         future = self._asked.get(key) or self._waiting.get(key)
         if future is None:
             if len(self._waiting) >= MAX_WAITING:
@@ -92,19 +92,23 @@ class Batched:
 
 
 class Lookups:
-    """The handshakes' reads: users (without their password hash) and parcels, by id."""
+    """The handshakes' reads: users (without their password hash) and parcels by id, share links by token."""
 
     def __init__(self, db: Database, deadline: float) -> None:
         self._users = Batched(lambda ids: users.get_users(db, ids), deadline)
         self._parcels = Batched(lambda ids: parcels.get_parcels(db, ids), deadline)
+        self._links = Batched(lambda keys: shares.get_links(db, keys), deadline)
 
     @property
     def waiting(self) -> int:
         """Handshakes waiting for the database now."""
-        return self._users.askers + self._parcels.askers
+        return self._users.askers + self._parcels.askers + self._links.askers
 
     async def user(self, user_id: int) -> User | None:
         return await self._users.get(user_id)
 
     async def parcel(self, parcel_id: int) -> dict[str, Any] | None:
         return await self._parcels.get(parcel_id)
+
+    async def share_link(self, token: str) -> dict[str, Any] | None:
+        return await self._links.get(token)

@@ -85,11 +85,13 @@ class ParcelState:
     parcel_id: int = 0
     owner_id: int | None = None
     stored: dict[str, Any] | None = None  # its stored last location, as a location_update, when read
+    shown_from: str | None = None  # a share link shows positions from this time on (models.shares.position_since)
 
     @classmethod
     def of(cls, parcel: dict[str, Any]) -> ParcelState:
         return cls(parcel.get("driver_id"), parcel["status"], time.monotonic(), parcel["pickup"],
-                   parcel["destination"], parcel["_id"], parcel.get("owner_id"), stored_location(parcel))
+                   parcel["destination"], parcel["_id"], parcel.get("owner_id"), stored_location(parcel),
+                   shares.position_since_text(parcel, utcnow()))
 
     def parcel(self) -> dict[str, Any]:
         """The parcel as far as a socket's checks need it (models.access.can_view)."""
@@ -212,7 +214,9 @@ class Hub:
         if loaded or parcel_id not in self._states:
             self._states[parcel_id] = ParcelState.of(parcel)
         latest = self._latest.get(parcel_id) or self._states[parcel_id].stored
-        return latest and protocol.encode(latest, viewer=subscriber.user.role == VIEWER)
+        if subscriber.user.role == VIEWER:
+            return protocol.encode(latest, viewer=True) if self._link_shows(parcel_id, latest) else None
+        return latest and protocol.encode(latest)
 
     def unsubscribe(self, subscriber: Subscriber, parcel_id: int | None = None) -> None:
         """Remove a subscriber from one parcel (`parcel_id`), or from everything (None: its socket closed)."""
@@ -274,7 +278,8 @@ class Hub:
             latest = self._latest.get(parcel["_id"]) or stored_location(parcel)
             entries.append(protocol.board_entry(
                 parcel["_id"], parcel["status"], parcel.get("driver_id"),
-                latest["location"] if latest else None, latest["timestamp"] if latest else None))
+                latest["location"] if latest else None, latest["timestamp"] if latest else None,
+                parcel["pickup"], parcel["destination"]))
         return protocol.board(entries)
 
     def subscriber_count(self, parcel_id: int) -> int:
@@ -396,6 +401,7 @@ class Hub:
             "driver_id": parcel.get("driver_id"), "owner_id": parcel["owner_id"],
             "pickup": parcel["pickup"], "destination": parcel["destination"],
             "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
+            "shown_from": shares.position_since_text(parcel, utcnow()),
         })
 
     def sessions_ended(self, user_id: int) -> None:
@@ -434,7 +440,7 @@ class Hub:
 
     def _parcel_changed(self, parcel_id: int, event: dict[str, Any]) -> None:
         status, driver_id, now = event["status"], event["driver_id"], utcnow()
-        self._apply_change(parcel_id, driver_id, status)
+        self._apply_change(parcel_id, driver_id, status, event.get("shown_from"))
         if event["revoke_driver_id"] is not None:
             self._revoke_driver(parcel_id, event["revoke_driver_id"])
         finished = status in parcels.FINISHED
@@ -452,7 +458,8 @@ class Hub:
         if finished:
             self._close_links(parcel_id, shares.NOT_LIVE.format(status=status))
         if self._boards:
-            self._tell_boards(text_frame(protocol.status(parcel_id, status, now, driver_id)))
+            self._tell_boards(text_frame(protocol.status(parcel_id, status, now, driver_id,
+                                                         (event["pickup"], event["destination"]))))
 
     def _send(self, parcel_id: int, text: str) -> None:
         self._send_frame(parcel_id, text_frame(text))
@@ -461,13 +468,25 @@ class Hub:
         """One frame to every subscriber of the parcel; a viewer gets `message` without user ids."""
         subscribers = list(self._subscribers.get(parcel_id, ()))
         viewer_frame = None
+        sent = 0
         for subscriber in subscribers:
             if message is not None and subscriber.user.role == VIEWER:
-                viewer_frame = viewer_frame or text_frame(protocol.encode(message, viewer=True))
-                subscriber.send_frame(viewer_frame)
+                if viewer_frame is None:
+                    shown = self._link_shows(parcel_id, message)
+                    viewer_frame = text_frame(protocol.encode(message, viewer=True)) if shown else b""
+                if viewer_frame:
+                    subscriber.send_frame(viewer_frame)
+                    sent += 1
             else:
                 subscriber.send_frame(frame)
-        self.metrics.broadcasts_out.inc(len(subscribers))
+                sent += 1
+        self.metrics.broadcasts_out.inc(sent)
+
+    def _link_shows(self, parcel_id: int, message: dict[str, Any] | None) -> bool:
+        """May a share link's viewer see this location_update? Only one of the time from which
+        the parcel's link shows the truck (models.shares.position_since: while in_transit)."""
+        state = self._states.get(parcel_id)
+        return message is not None and state is not None and shares.may_show(state.shown_from, message["timestamp"])
 
     def _to_boards(self, parcel_id: int, frame: bytes) -> None:
         """A location for the boards, conflated: at most one per parcel per BOARD_INTERVAL,
@@ -507,13 +526,14 @@ class Hub:
             self.unsubscribe(subscriber, parcel_id)
             subscriber.revoke(reason, LINK_ENDED)
 
-    def _apply_change(self, parcel_id: int, driver_id: int | None, status: str) -> None:
-        """Remember a parcel's new driver and status; once it is finished, save its final
-        position and forget its journey."""
+    def _apply_change(self, parcel_id: int, driver_id: int | None, status: str, shown_from: str | None) -> None:
+        """Remember a parcel's new driver, status and what its share links show; once it is
+        finished, save its final position and forget its journey."""
         state = self._states.get(parcel_id)
         if state is not None:
             stored = self._latest.get(parcel_id, state.stored) if status in parcels.FINISHED else state.stored
-            self._states[parcel_id] = replace(state, driver_id=driver_id, status=status, stored=stored)
+            self._states[parcel_id] = replace(state, driver_id=driver_id, status=status, stored=stored,
+                                              shown_from=shown_from)
         if status in parcels.FINISHED:
             if parcel_id in self._unsaved:
                 self._save_unsaved(parcel_id)

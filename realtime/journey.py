@@ -6,13 +6,23 @@ Pure and per parcel: `Journey.observe()` takes one accepted fix with its time an
 parcel's status, and answers what its broadcast carries. The hub keeps one Journey per
 parcel it publishes for.
 
-The ETA needs no routing service: it is the straight-line distance left divided by how
-fast the driver has actually been closing that distance, a least-squares slope of
-distance over time across the last `WINDOW` seconds of good fixes. A straight drive
-at steady speed gives the exact slope from the second fix on; GPS jitter averages out
-across the window; the bends of the road are priced in, because they slow the closing
-rate. A driver not closing in (a detour, a long stop) gives no estimate rather than
-nonsense, and one update never raises the estimate by more than `MAX_RISE`.
+The ETA needs no routing service. It is the straight-line distance left, times how much
+longer than a straight line the road has been (the detour factor: metres driven per metre
+of straight line between the ends of the last `DETOUR_WINDOW_M` driven; `ROAD_DETOUR` for
+the distance beyond that, which no measurement has seen), divided by the driver's pace
+(metres driven per second over the last `SPEED_WINDOW` seconds, the first `LONG_STOP`
+seconds of a stop counting `STOP_WEIGHT`: lights recur, but a long stop is not traffic).
+The detour factor does not care which way the road heads, so a leg that turns away from
+the target no longer makes the estimate jump (issue 17: the closing speed it replaces
+collapsed on every such leg); a straight drive at steady speed gives the exact time from
+the second fix on. That raw estimate goes through an exponential filter that counts down
+with the clock while the driver moves and holds during a stop, and moves by at most
+`MAX_CHANGE_PER_S` a second (and `MAX_CHANGE` an update), up or down. A driver who has
+not closed in over the detour window (driving away) gets no estimate; nor does one
+stopped longer than `GIVE_UP_STOP` seconds.
+
+Each estimate says how sure it is, additively to the contract: a "confidence" (low,
+medium, high) and a "range" of seconds, from the doubt `_Estimator._confidence` adds up.
 """
 
 from __future__ import annotations
@@ -20,18 +30,42 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from models.parcels import EN_ROUTE
 
 EARTH_RADIUS_M = 6_371_000.0
 LOW_ACCURACY_M = 100.0  # a fix less accurate than this is low quality
 MAX_SPEED_MS = 70.0  # a jump faster than this from the previous good fix is low quality
-WINDOW = 90.0  # seconds of good fixes the closing speed is measured over
-MIN_SPAN = 2.0  # seconds the window must cover before it says anything
-MIN_CLOSING_MS = 0.5  # slower than this, the driver is not closing in: no estimate
-MAX_RISE = 1.25  # one update raises the estimate by at most this factor
 EXIT_FACTOR = 1.5  # a zone is left once the driver is this many radii away
+
+# The ETA (module docstring).
+DEADBAND_M = 15.0  # the odometer moves on only once the fixes are this far from where it last did
+STOP_AFTER = 10.0  # seconds without the odometer moving that make a stop
+STOP_WEIGHT = 0.5  # the share of a stop's time that counts against the driver's pace
+SPEED_WINDOW = 240.0  # seconds (stops weighted) the pace is measured over
+DETOUR_WINDOW_M = 4000.0  # metres driven the detour factor is measured over ...
+DETOUR_HISTORY = 900.0  # ... and at most this many seconds
+DETOUR_PRIOR_M = 300.0  # metres of straight road assumed before any is measured
+ROAD_DETOUR = 1.3  # the usual detour factor of city roads, for the road beyond the window
+MAX_DETOUR = 2.5  # more road than this per metre closed is not closing in: no estimate
+MIN_SPAN = 2.0  # seconds the pace must be measured over before it says anything ...
+MIN_DRIVEN_M = 20.0  # ... and metres driven
+BUCKET = 2.0  # seconds of fixes averaged before the odometer looks at them
+RECORD_EVERY = 1.0  # seconds between the fixes kept for the windows (fixes may come 10 a second)
+SMOOTHING = 40.0  # seconds: the time constant of the filter
+MAX_CHANGE_PER_S = 0.02  # the estimate moves by at most 2 % a second ...
+MAX_CHANGE = 0.2  # ... and 20 % an update, up or down (the contract allows 25 % up)
+GIVE_UP_STOP = 300.0  # seconds stopped after which there is no estimate
+SURE_AFTER = 120.0  # seconds of measuring before an estimate may be "high"
+UNSURE_BEFORE = 45.0  # seconds of measuring before an estimate may be more than "low" (or is filtered)
+LONG_STOP = 60.0  # seconds stopped that make an estimate "low" (and no longer slow the pace)
+SPREAD_TIME = 60.0  # seconds: the time constant of the disagreement measure
+BASE_DOUBT = 0.08  # the doubt of an estimate on a road fully measured and steady ...
+BEYOND_DOUBT = 0.3  # ... plus this times the share of the distance beyond the measured road
+TWIST_DOUBT = 0.3  # ... plus this times how much the measured road exceeds a straight line
+HIGH_DOUBT = 0.15  # under this an estimate may be "high" ...
+LOW_DOUBT = 0.3  # ... over this it is "low"
 
 ZONES = ("pickup", "destination")
 
@@ -52,42 +86,149 @@ class Observation:
     crossings: tuple[tuple[str, str], ...]  # (zone, "enter"|"exit")
 
 
+class _Mark(NamedTuple):
+    """One kept fix: its time, the stop-weighted clock, the odometer and the distance left."""
+
+    t: float
+    clock: float
+    driven: float
+    left: float
+    point: tuple[float, float]
+
+
 @dataclass
-class _Closing:
-    """Running least-squares sums of (time, distance) over a sliding window, toward one target."""
+class _Estimator:
+    """The ETA toward one target: an odometer, two windows of kept fixes and the filter."""
 
     target: str
-    points: deque[tuple[float, float]] = field(default_factory=deque)
-    origin: float | None = None  # times are kept relative to this, for precision
-    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # Σt, Σd, Σtt, Σtd
+    since: float = 0.0  # when the estimate (re)started
+    anchor: tuple[float, float] | None = None  # where the odometer last moved on
+    anchor_t: float = 0.0
+    odometer: float = 0.0  # metres driven up to the anchor
+    bucket: list[tuple[float, float]] = field(default_factory=list)  # fixes not yet averaged
+    bucket_t: float = 0.0
+    clock: float = 0.0  # seconds, a stop's counting STOP_WEIGHT
+    last_t: float = 0.0
+    detour: deque[_Mark] = field(default_factory=deque)
+    pace: deque[_Mark] = field(default_factory=deque)
+    seconds: float | None = None  # the filtered estimate
+    twist: float = 1.0  # the last detour factor measured
+    spread: float = 0.0  # mean squared relative disagreement of the raw estimates with the filter
 
-    def add(self, t: float, d: float) -> None:
-        if self.origin is None:
-            self.origin = t
-        t -= self.origin
-        self.points.append((t, d))
-        self._count(t, d, 1)
-        while self.points and self.points[0][0] < t - WINDOW:
-            old_t, old_d = self.points.popleft()
-            self._count(old_t, old_d, -1)
-
-    def _count(self, t: float, d: float, sign: int) -> None:
-        s = self.sums
-        s[0] += sign * t
-        s[1] += sign * d
-        s[2] += sign * t * t
-        s[3] += sign * t * d
-
-    def closing_speed(self) -> float | None:
-        """Metres a second the distance has been shrinking (None: too little to tell)."""
-        n = len(self.points)
-        if n < 2 or self.points[-1][0] - self.points[0][0] < MIN_SPAN:
+    def add(self, point: tuple[float, float], t: float, left: float) -> dict[str, Any] | None:
+        """One good fix `left` metres (straight) from the target; the estimate, or None."""
+        if self.anchor is None:
+            self.since, self.anchor, self.anchor_t, self.last_t, self.bucket_t = t, point, t, t, t
+            self._keep(_Mark(t, 0.0, 0.0, left, point))
             return None
-        st, sd, stt, std = self.sums
-        denominator = n * stt - st * st
-        if denominator <= 0:
+        dt = max(0.0, t - self.last_t)
+        self.last_t = t
+        self._odometer(point, t)
+        moved = distance_m(self.anchor, point)
+        stopped = t - self.anchor_t if t - self.anchor_t > STOP_AFTER else 0.0
+        # A stop slows the pace for its first LONG_STOP seconds only: a longer one is a break
+        # or another customer's door, not the traffic, and the drive left is as long as before.
+        self.clock += dt * (STOP_WEIGHT if STOP_AFTER < stopped <= LONG_STOP else 0.0 if stopped else 1.0)
+        now = _Mark(t, self.clock, self.odometer + moved, left, point)
+        if t - self.pace[-1].t >= RECORD_EVERY:
+            self._keep(now)
+
+        detour = self._detour(now)
+        if detour is None or stopped > GIVE_UP_STOP:
+            self.seconds = None  # not closing in: what comes next starts afresh
             return None
-        return -(n * std - st * sd) / denominator
+        raw = self._raw(now, detour)
+        if self.seconds is None:
+            if raw is None:
+                return None
+            self.seconds, self.spread, self.since = raw, 0.0, t  # a fresh start is unsure again
+        else:
+            self._filter(raw, dt, moving=not stopped, settled=t - self.since >= UNSURE_BEFORE)
+        confidence, doubt = self._confidence(now, stopped)
+        return {"seconds": max(0, round(self.seconds)), "distance_m": max(0, round(left)), "to": self.target,
+                "confidence": confidence,
+                "range": [max(0, round(self.seconds * (1 - min(doubt, 0.8)))),
+                          max(0, round(self.seconds * (1 + 1.5 * doubt)))]}
+
+    def _odometer(self, point: tuple[float, float], t: float) -> None:
+        """The odometer moves on by whole steps of at least DEADBAND_M between the averages of
+        the fixes of BUCKET seconds: ten jittery fixes a second must not add up to metres driven."""
+        self.bucket.append(point)
+        if t - self.bucket_t < BUCKET:
+            return
+        mean = (sum(p[0] for p in self.bucket) / len(self.bucket), sum(p[1] for p in self.bucket) / len(self.bucket))
+        self.bucket, self.bucket_t = [], t
+        assert self.anchor is not None
+        moved = distance_m(self.anchor, mean)
+        if moved >= DEADBAND_M:
+            self.odometer += moved
+            self.anchor, self.anchor_t = mean, t
+
+    def _keep(self, mark: _Mark) -> None:
+        self.detour.append(mark)
+        self.pace.append(mark)
+        # Each window keeps the newest fix that still covers it whole, and nothing older.
+        while len(self.detour) > 2 and (mark.driven - self.detour[1].driven >= DETOUR_WINDOW_M
+                                        or mark.t - self.detour[1].t >= DETOUR_HISTORY):
+            self.detour.popleft()
+        while len(self.pace) > 2 and mark.clock - self.pace[1].clock >= SPEED_WINDOW:
+            self.pace.popleft()
+
+    def _detour(self, now: _Mark) -> float | None:
+        """Metres of road per metre of straight line (None: the driver is not closing in)."""
+        first = self.detour[0]
+        driven = now.driven - first.driven + DETOUR_PRIOR_M
+        closed = first.left - now.left + DETOUR_PRIOR_M
+        if closed <= 0 or driven > MAX_DETOUR * closed:
+            return None
+        chord = distance_m(first.point, now.point) + DETOUR_PRIOR_M
+        self.twist = max(1.0, driven / chord)
+        return self.twist
+
+    def _raw(self, now: _Mark, detour: float) -> float | None:
+        """Seconds left at the measured pace (None: too little measured, or standing still)."""
+        first = self.pace[0]
+        driven, span = now.driven - first.driven, now.clock - first.clock
+        if span < MIN_SPAN or driven < MIN_DRIVEN_M:
+            return None
+        near = min(now.left, DETOUR_WINDOW_M)
+        road = near * detour + (now.left - near) * ROAD_DETOUR
+        return road / (driven / span)
+
+    def _filter(self, raw: float | None, dt: float, moving: bool, settled: bool) -> None:
+        """Blend `raw` into the estimate. Before it has `settled`, the first estimates (from a
+        few seconds, maybe after an idle spell) are the least trustworthy, so a lower one is
+        taken at once and only the contract's bound on a rise applies."""
+        previous = self.seconds
+        assert previous is not None
+        expected = max(0.0, previous - dt) if moving else previous  # a stop does not bring the target nearer
+        if raw is None:
+            self.seconds = expected
+            return
+        surprise = (raw - expected) / max(expected, 60.0)
+        share = 1 - math.exp(-dt / SPREAD_TIME)
+        self.spread += share * (surprise * surprise - self.spread)
+        if not settled:
+            self.seconds = min(raw, max(previous, expected) * (1 + MAX_CHANGE))
+            return
+        blended = expected + (1 - math.exp(-dt / SMOOTHING)) * (raw - expected)
+        bound = min(MAX_CHANGE, MAX_CHANGE_PER_S * dt)
+        self.seconds = min(max(blended, expected * (1 - bound)), max(previous, expected) * (1 + bound))
+
+    def _confidence(self, now: _Mark, stopped: float) -> tuple[str, float]:
+        """How sure the estimate is, in words and as a share of it either way (roughly one
+        standard deviation): the raw estimates' disagreement with the filter, plus the share
+        of the distance left that lies beyond what the detour window has measured (the road
+        there is assumed, not seen), plus how little of that window is filled yet."""
+        measured = now.t - self.since
+        window = min(1.0, (now.driven - self.detour[0].driven) / DETOUR_WINDOW_M)
+        beyond = max(0.0, now.left - DETOUR_WINDOW_M * window) / now.left if now.left > 0 else 0.0
+        doubt = BASE_DOUBT + math.sqrt(self.spread) + BEYOND_DOUBT * beyond + TWIST_DOUBT * (self.twist - 1)
+        if measured < UNSURE_BEFORE or doubt > LOW_DOUBT or stopped > LONG_STOP:
+            return "low", max(doubt, LOW_DOUBT)
+        if measured >= SURE_AFTER and doubt < HIGH_DOUBT and not stopped:
+            return "high", doubt
+        return "medium", doubt
 
 
 class Journey:
@@ -100,7 +241,7 @@ class Journey:
         self.radius_m = radius_m
         self.inside: dict[str, bool] = {}
         self.last_good: tuple[float, float, float] | None = None  # lat, lng, time
-        self.closing: _Closing | None = None
+        self.estimator: _Estimator | None = None
         self.last_eta: dict[str, Any] | None = None
 
     def observe(self, lat: float, lng: float, t: float, status: str, accuracy: float | None = None) -> Observation:
@@ -114,7 +255,7 @@ class Journey:
         self.last_good = (lat, lng, t)
         distances = {zone: distance_m((lat, lng), point) for zone, point in self.targets.items()}
         crossings = tuple(self._cross(zone, d) for zone, d in distances.items())
-        self.last_eta = self._eta(distances[target] if target else 0.0, t, target)
+        self.last_eta = self._eta((lat, lng), distances[target] if target else 0.0, t, target)
         return Observation(False, self.last_eta, tuple(c for c in crossings if c))
 
     def _low_quality(self, lat: float, lng: float, t: float, accuracy: float | None) -> bool:
@@ -136,22 +277,14 @@ class Journey:
             return zone, "exit"
         return None
 
-    def _eta(self, remaining: float, t: float, target: str | None) -> dict[str, Any] | None:
-        """`remaining`: metres from the fix to `target` (None: the parcel heads nowhere we track)."""
+    def _eta(self, point: tuple[float, float], left: float, t: float, target: str | None) -> dict[str, Any] | None:
+        """`left`: metres from `point` to `target` (None: the parcel heads nowhere we track)."""
         if target is None:
-            self.closing = None
+            self.estimator = None
             return None
-        if self.closing is None or self.closing.target != target:
-            self.closing, self.last_eta = _Closing(target), None
-        self.closing.add(t, remaining)
-        speed = self.closing.closing_speed()
-        if speed is None or speed < MIN_CLOSING_MS:
-            return None
-        seconds = remaining / speed
-        previous = self.last_eta
-        if previous is not None and previous["to"] == target:
-            seconds = min(seconds, previous["seconds"] * MAX_RISE + 1)
-        return {"seconds": max(0, round(seconds)), "distance_m": max(0, round(remaining)), "to": target}
+        if self.estimator is None or self.estimator.target != target:
+            self.estimator = _Estimator(target)
+        return self.estimator.add(point, t, left)
 
 
 def target_of(status: str) -> str | None:

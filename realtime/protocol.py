@@ -148,11 +148,15 @@ def encode(message: dict[str, Any], viewer: bool = False) -> str:
     return json.dumps({**message, "driver_id": None} if viewer else message)
 
 
-def status(parcel_id: int, status: str, timestamp: datetime, driver_id: int | None | bool = False) -> str:
-    """A status change; the board's copy also names the driver (`driver_id` given)."""
+def status(parcel_id: int, status: str, timestamp: datetime, driver_id: int | None | bool = False,
+           ends: tuple[dict[str, Any], dict[str, Any]] | None = None) -> str:
+    """A status change; the board's copy also names the driver (`driver_id` given) and the
+    parcel's pickup and destination (`ends`), so it can pin a parcel assigned meanwhile."""
     message: dict[str, Any] = {"type": "status", "parcel_id": parcel_id, "status": status, "timestamp": iso(timestamp)}
     if driver_id is not False:
         message["driver_id"] = str(driver_id) if driver_id is not None else None
+    if ends is not None:
+        message["pickup"], message["destination"] = place(ends[0]), place(ends[1])
     return json.dumps(message)
 
 
@@ -166,7 +170,13 @@ def board(entries: list[dict[str, Any]]) -> str:
     return json.dumps({"type": "board", "parcels": entries})
 
 
+def place(point: dict[str, Any]) -> dict[str, Any]:
+    """A parcel's pickup or destination as the board shows it."""
+    return {"lat": point["lat"], "lng": point["lng"], "address": point.get("address", "")}
+
+
 def board_entry(parcel_id: int, status: str, driver_id: int | None, location: dict[str, Any] | None,
-                timestamp: str | None) -> dict[str, Any]:
+                timestamp: str | None, pickup: dict[str, Any], destination: dict[str, Any]) -> dict[str, Any]:
+    """One active parcel of the board: where its truck is, and its two ends for the map's pins."""
     return {"parcel_id": parcel_id, "status": status, "driver_id": str(driver_id) if driver_id is not None else None,
-            "location": location, "timestamp": timestamp}
+            "location": location, "timestamp": timestamp, "pickup": place(pickup), "destination": place(destination)}

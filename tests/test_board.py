@@ -40,10 +40,13 @@ async def test_the_snapshot_holds_every_active_parcel_where_it_is(world):
     ws.write_message(location(28.5, 77.1))
     sent = await expect_update(ws, 28.5, 77.1)
     _, entries = await board(world, dispatcher)
+    ends = {"pickup": {"lat": 28.61, "lng": 77.23, "address": "India Gate"},
+            "destination": {"lat": 28.55, "lng": 77.20, "address": "Hauz Khas"}}  # the map's pins
     assert entries == [
         {"parcel_id": moving["_id"], "status": "in_transit", "driver_id": str(driver.id),
-         "location": {"lat": 28.5, "lng": 77.1, "address": ""}, "timestamp": sent["timestamp"]},
-        {"parcel_id": waiting["_id"], "status": "pending", "driver_id": None, "location": None, "timestamp": None},
+         "location": {"lat": 28.5, "lng": 77.1, "address": ""}, "timestamp": sent["timestamp"], **ends},
+        {"parcel_id": waiting["_id"], "status": "pending", "driver_id": None, "location": None, "timestamp": None,
+         **ends},
     ]
 
 
@@ -56,6 +59,7 @@ async def test_statuses_come_with_their_driver_and_locations_at_most_once_a_seco
     assert assigned.code == 200
     status = await recv(ws)
     assert status["type"] == "status" and status["status"] == "assigned" and status["driver_id"] == str(driver.id)
+    assert status["pickup"]["address"] == "India Gate" and status["destination"]["lat"] == 28.55
     sender = await subscribed(world, parcel["_id"], driver)
     seen: list[tuple[float, float]] = []  # (when it arrived, its latitude)
 

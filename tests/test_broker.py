@@ -204,6 +204,10 @@ def test_a_share_link_revoked_during_a_redis_outage_closes_its_socket_on_the_oth
     first, second, share = cluster.first, cluster.second, f"/api/parcels/{cluster.parcel_id}/share/"
 
     async def scenario() -> None:
+        for step in ("picked_up", "in_transit"):  # a link shows the truck only once its parcel is on its way
+            moved = await call(first, "POST", f"/api/parcels/{cluster.parcel_id}/status/", cluster.tokens["d"],
+                               {"status": step})
+            assert moved[0] == 200
         status, link = await call(first, "POST", share, cluster.tokens["c"])
         assert status == 201
         viewer = await subscribed(cluster.tracking(second, link["token"]))

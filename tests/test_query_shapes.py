@@ -168,6 +168,15 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     moving = await parcels.get_parcel(db, moving["_id"])
     link = tokens.issue_share(moving["_id"], shares.version(moving), int(time.time()) + 60, TEST_SECRET)
     assert await shares.resolve(db, tokens.verify_share(link, TEST_SECRET), utcnow())
+    short = tokens.new_share_token()
+    links = [{"_id": f"{short}{n}", "parcel_id": moving["_id"], "version": 0, "created_at": utcnow(),
+              "expires_at": utcnow() + timedelta(days=2) - timedelta(minutes=30 * n)} for n in range(20_000)]
+    for start in range(0, len(links), 1000):  # a year of links: nearly all of them expired
+        await db.share_links.insert_many(links[start:start + 1000], ordered=False)
+    await shares.store(db, short, moving, utcnow() + timedelta(days=2), utcnow())
+    assert (await shares.get_link(db, short))["parcel_id"] == moving["_id"]
+    assert len(await shares.get_links(db, [short, f"{short}1", "missing"])) == 2
+    assert 0 < await shares.prune(db, utcnow() - timedelta(days=410)) < 500  # an indexed range, not a scan
     page = await locations.history(db, moving, limit=100)
     assert len(page.locations) == 100 and page.next_since is not None
     await locations.history(db, moving, since=page.next_since)
@@ -190,7 +199,7 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
         (dispatcher, "/dispatch?status=all"), (dispatcher, "/dispatch?status=active"),
         (dispatcher, f"/dispatch?q={owner.email}"), (dispatcher, f"/dispatch?q={mover.email}&status=all"),
         (dispatcher, f"/dispatch?q={moving['_id']}"), (dispatcher, f"/dispatch?assigned={parcel['_id']}"),
-        (None, f"/t/{link}"),
+        (None, f"/t/{link}"), (None, f"/t/{short}"),
     ]:
         response = await world.page(path, who)
         assert response.code == 200, (path, response.code)
@@ -200,6 +209,7 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
         (owner, "/api/parcels/"), (mover, "/api/parcels/?active=1"),
         (owner, f"/api/parcels/{moving['_id']}/"), (owner, f"/api/parcels/{moving['_id']}/locations/"),
         (owner, f"/api/parcels/{moving['_id']}/locations/?limit=10"), (None, f"/t/{link}/locations?limit=10"),
+        (None, f"/t/{short}/locations?limit=10"),
     ]:
         response = await world.api("GET", path, who)
         assert response.code == 200, (path, response.code)

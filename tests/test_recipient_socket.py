@@ -121,3 +121,44 @@ async def test_the_timeline_lists_every_status_passed_with_its_time(world):
     assert all(stamp in page for stamp in stamps)
 
 
+
+
+async def link_viewer(world, parcel_id: int, owner) -> object:
+    """A share link's socket, `subscribed` read (a short link made through the API)."""
+    token = body(await world.api("POST", f"/api/parcels/{parcel_id}/share/", owner))["token"]
+    ws = await world.socket(parcel_id, token)
+    got = await recv(ws)
+    assert got["type"] == "subscribed" and got["role"] == "viewer", got
+    return ws
+
+
+@settings(geofence_radius_m=150.0)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_share_viewer_gets_the_truck_only_from_in_transit_but_statuses_and_geofences_always(world):
+    s = await scene(world, "picked_up")
+    driver, owner = await subscribed(world, s.id, s.driver), await subscribed(world, s.id, s.client)
+    await fix(driver, owner, *north_of(PICKUP, 200))
+    viewer = await link_viewer(world, s.id, s.client)
+    await nothing_arrives(viewer)  # no snapshot of where the driver was before
+    await asyncio.sleep(0.8)  # slow enough that no step is an impossible jump
+    await fix(driver, owner, *north_of(PICKUP, 170))
+    await asyncio.sleep(0.8)
+    await fix(driver, owner, *north_of(PICKUP, 130))  # into the pickup's zone
+    geofence = await recv(owner)
+    assert geofence["type"] == "geofence" and geofence["event"] == "enter", geofence
+    assert await recv(viewer) == geofence  # a geofence still reaches the viewer, the position did not
+    assert await recv(driver) == geofence
+    await nothing_arrives(viewer)
+
+    assert (await world.api("POST", f"/api/parcels/{s.id}/status/", s.driver, {"status": "in_transit"})).code == 200
+    assert (await recv(viewer))["status"] == "in_transit"
+    await recv(driver), await recv(owner)
+    late = await world.socket(s.id, body(await world.api("POST", f"/api/parcels/{s.id}/share/", s.client))["token"])
+    assert (await recv(late))["status"] == "in_transit"
+    await nothing_arrives(late)  # the latest position is from before it went in_transit: no snapshot either
+    await asyncio.sleep(0.8)
+    seen = await fix(driver, owner, *north_of(PICKUP, 100))
+    for ws in (viewer, late):
+        assert await expect_update(ws, *north_of(PICKUP, 100)) == {**seen, "driver_id": None}
+    again = await link_viewer(world, s.id, s.client)
+    assert (await expect_update(again, *north_of(PICKUP, 100)))["timestamp"] == seen["timestamp"]  # the snapshot now

@@ -1,17 +1,19 @@
-"""Share links (CONTRACT §7, docs/protocol.md "Share links"): made and revoked by the
-owner or a dispatcher, a page without login, a receive-only socket, refused everywhere else."""
+"""Share links (CONTRACT §7, docs/protocol.md "Share links"): short links made and revoked by
+the owner or a dispatcher, a page without login that shows the truck only once the parcel is on
+its way to the recipient, a receive-only socket, refused everywhere else."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
-import jwt
 import pytest
 
 from auth import tokens
 from models import parcels
+from models.db import utcnow
 from tests.conftest import TEST_SECRET, World, body, recv, refused, settings
 from tests.test_tracking_socket import (
     expect_closed,
@@ -44,10 +46,13 @@ async def test_the_owner_and_a_dispatcher_make_links_others_may_not(world):
         link = await share(world, s.id, user)
         assert set(link) == {"url", "token", "expires_at"}
         assert link["url"] == f"http://127.0.0.1:{world.port}/t/{link['token']}"
-        claims = jwt.decode(link["token"], TEST_SECRET, algorithms=["HS256"])
-        assert claims["type"] == "share" and claims["pid"] == s.id
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", link["token"]), link  # short enough for a text message
+        stored = await world.app.db.share_links.find_one({"_id": link["token"]})
+        assert stored["parcel_id"] == s.id and stored["version"] == 0
         expires = datetime.fromisoformat(link["expires_at"].replace("Z", "+00:00"))
         assert abs((expires - datetime.now(UTC)) - timedelta(seconds=172_800)) < timedelta(seconds=30)
+        assert abs(stored["expires_at"] - expires) < timedelta(milliseconds=1)
+        await viewer(world, s.id, link["token"])  # the socket takes it
     refused(await world.api("POST", f"/api/parcels/{s.id}/share/", s.driver), 403)
     stranger = await world.user("client")
     refused(await world.api("POST", f"/api/parcels/{s.id}/share/", stranger), 404)
@@ -64,6 +69,15 @@ async def test_a_link_lives_share_link_ttl_and_at_most_an_hour_after_the_parcel_
     assert timedelta(seconds=50) < expires - datetime.now(UTC) <= timedelta(seconds=60)
     expired = tokens.issue_share(s.id, 0, int(time.time()) - 1, TEST_SECRET)
     assert (await world.page(f"/t/{expired}")).code == 404
+    # a short link past its expires_at: no page, no history, no socket
+    lapsed = (await share(world, s.id, s.client))["token"]
+    past = utcnow() - timedelta(seconds=1)
+    await world.app.db.share_links.update_one({"_id": lapsed}, {"$set": {"expires_at": past}})
+    assert (await world.page(f"/t/{lapsed}")).code == 404
+    refused(await world.api("GET", f"/t/{lapsed}/locations"), 404)
+    ws = await world.socket(s.id, lapsed)
+    assert "no longer valid" in await expect_error(ws)
+    await expect_closed(ws, 4401)
     # a parcel delivered more than an hour ago: its old links stop, and no new one is made
     await parcels.set_status(world.app.db, s.id, "delivered")
     old = datetime.now(UTC) - timedelta(hours=2)
@@ -96,16 +110,19 @@ async def test_an_expired_revoked_or_forged_link_is_a_404_page_saying_so(world, 
     s = await scene(world)
     link = await share(world, s.id, s.client)
     token = link["token"]
-    if kind == "forged":
-        token = jwt.encode({**jwt.decode(token, TEST_SECRET, algorithms=["HS256"]), "pid": s.id}, "another-secret"
-                           + "k" * 40, algorithm="HS256")
+    if kind == "forged":  # a short token never made, and a signed one with another key
+        token = tokens.new_share_token()
+        signed = tokens.issue_share(s.id, 0, int(time.time()) + 60, "another-secret" + "k" * 40)
+        assert (await world.page(f"/t/{signed}")).code == 404
     elif kind == "revoked":
         assert (await world.api("DELETE", f"/api/parcels/{s.id}/share/", s.client)).code == 204
     else:
         token = "not.a.token"
     page = await world.page(f"/t/{token}")
     assert page.code == 404
-    assert "no longer valid" in page.body.decode()
+    html = page.body.decode()
+    assert "no longer valid" in html and "Ask the sender for a new link" in html
+    assert "login" not in html.lower() and "log in" not in html.lower()  # its holder may have no account
     refused(await world.api("GET", f"/t/{token}/locations"), 404)
 
 
@@ -196,3 +213,84 @@ async def test_the_share_pages_history_is_paged_like_the_api(world):
     everything = body(await world.api("GET", f"/t/{token}/locations"))["locations"]
     api = body(await world.api("GET", f"/api/parcels/{s.id}/locations/", s.client))["locations"]
     assert everything == api and len(api) == 2
+
+
+@pytest.mark.gen_test
+async def test_a_signed_share_token_made_before_the_short_ones_still_works_until_it_expires(world):
+    s = await scene(world)
+    signed = tokens.issue_share(s.id, 0, int(time.time()) + 60, TEST_SECRET)
+    assert (await world.page(f"/t/{signed}")).code == 200
+    assert (await world.api("GET", f"/t/{signed}/locations")).code == 200
+    await viewer(world, s.id, signed)
+    assert (await world.api("DELETE", f"/api/parcels/{s.id}/share/", s.client)).code == 204
+    assert (await world.page(f"/t/{signed}")).code == 404  # revoking ends it as it ends the short ones
+
+
+def shown_parcel(html: str) -> dict:
+    """The parcel as the share page hands it to its script (data-parcel)."""
+    raw = re.search(r'data-parcel="([^"]*)"', html).group(1)
+    return json.loads(raw.replace("&#34;", '"').replace("&quot;", '"').replace("&#39;", "'").replace("&amp;", "&"))
+
+
+@settings(location_sample_every=1, last_location_interval=0.0)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_link_shows_no_position_or_path_until_the_parcel_is_in_transit_and_none_from_before(world):
+    s = await scene(world, "picked_up")
+    token = (await share(world, s.id, s.client))["token"]
+    driver = await subscribed(world, s.id, s.driver)
+    for i in range(3):  # the driver's earlier stops: none of this is the recipient's business
+        await send_location(driver, 28.60 - i / 1000, 77.22)
+    await world.app.hub.writer.flush()
+    html = (await world.page(f"/t/{token}")).body.decode()
+    assert shown_parcel(html)["last_location"] is None  # no truck on the page
+    assert "once your parcel is on its way" in html
+    assert body(await world.api("GET", f"/t/{token}/locations"))["locations"] == []
+    refused(await world.api("GET", f"/t/{token}/locations?since=yesterday"), 400)  # the same checks as ever
+
+    owner = body(await world.api("GET", f"/api/parcels/{s.id}/locations/", s.client))["locations"]
+    assert len(owner) == 3  # the owner's history is untouched
+
+    went = await world.api("POST", f"/api/parcels/{s.id}/status/", s.driver, {"status": "in_transit"})
+    assert went.code == 200
+    moment = body(went)["timeline"][-1]["timestamp"]
+    await recv(driver)  # its status message
+    for i in range(2):
+        await send_location(driver, 28.59 - i / 1000, 77.22)
+    await world.app.hub.writer.flush()
+    shown = body(await world.api("GET", f"/t/{token}/locations"))["locations"]
+    assert [p["lat"] for p in shown] == [28.59, 28.589]  # from the moment it went in_transit, not before
+    assert all(p["timestamp"] >= moment for p in shown)
+    html = (await world.page(f"/t/{token}")).body.decode()
+    assert shown_parcel(html)["last_location"]["lat"] == 28.589
+    assert len(body(await world.api("GET", f"/api/parcels/{s.id}/locations/", s.client))["locations"]) == 5
+
+
+@pytest.mark.gen_test
+async def test_a_finished_parcels_share_page_shows_its_final_status_in_the_pill_and_no_truck(world):
+    s = await scene(world)
+    driver = await subscribed(world, s.id, s.driver)
+    await send_location(driver, 28.56, 77.20)
+    token = (await share(world, s.id, s.client))["token"]
+    assert (await world.api("POST", f"/api/parcels/{s.id}/status/", s.driver, {"status": "delivered"})).code == 200
+    html = (await world.page(f"/t/{token}")).body.decode()
+    pill = re.search(r'<span id="connection"[^>]*data-state="([^"]+)".*?id="connection-text">([^<]*)<', html)
+    assert pill.groups() == ("ended", "Delivered"), pill.groups()  # not a grey "Offline"
+    assert shown_parcel(html)["last_location"] is None  # no stale truck
+    assert body(await world.api("GET", f"/t/{token}/locations"))["locations"] == []
+
+
+@settings(business_name="Acme Couriers")
+@pytest.mark.gen_test
+async def test_the_share_page_names_the_business_and_your_parcel_and_places_in_words(world):
+    s = await scene(world)
+    await world.app.db.parcels.update_one({"_id": s.id}, {"$set": {"pickup.address": ""}})
+    token = (await share(world, s.id, s.client))["token"]
+    html = (await world.page(f"/t/{token}")).body.decode()
+    title = re.search(r"<title>(.*?)</title>", html).group(1)
+    assert title == "Your parcel: In transit · Acme Couriers", title
+    assert '<span class="brand-name" id="business-name">Acme Couriers</span>' in html
+    assert '<h1 id="parcel-title">Your parcel</h1>' in html and f"Parcel #{s.id}" not in html
+    assert "Near 28.610, 77.230" in html and "28.61000" not in html  # no address: rounded, not six decimals
+    assert "Hauz Khas" in html
+    gone = (await world.page("/t/" + tokens.new_share_token())).body.decode()
+    assert "Acme Couriers" in gone

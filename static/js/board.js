@@ -8,13 +8,16 @@
  * quality "low" counts as a report but does not move it), added when a parcel is assigned,
  * removed when its last parcel is finished or reassigned away. A truck that has not
  * reported for `stale_after_s` seconds turns grey with a red ring, and says so in its
- * label and in the list beside the map (quiet trucks first).
+ * label and in the list beside the map (quiet trucks first). Each parcel of a truck on
+ * the map has its pickup and destination pinned (the board sends them), and the map is
+ * framed over the trucks and their pins, so one truck is not shown alone on a bare street.
  *
  * Each marker's element carries data-driver-id, data-parcels, data-lat/-lng and
- * data-stale, so browser tests can read what is drawn.
+ * data-stale (a pin: data-parcel-id and data-end), so browser tests can read what is drawn.
  */
 
 import { baseMap, truckMarker } from "./fleet-map.js";
+import { addLegend, ICONS, marker } from "./markers.js";
 import { connectWhileShown, TrackingSocket } from "./tracking-socket.js";
 import { dataJSON, duration, everySecond, plural, showConnection, toast } from "./ui.js";
 
@@ -28,9 +31,12 @@ const list = document.getElementById("truck-list");
 const summary = document.getElementById("board-summary");
 
 const map = baseMap("board-map", root);
-const parcels = new Map(); // parcel id → {status, driverId, good: {lat, lng, at} | null, reportAt: ms | null}
+addLegend(map);
+// parcel id → {status, driverId, good: {lat, lng, at} | null, reportAt: ms | null, ends: {pickup, destination} | null}
+const parcels = new Map();
 const byDriver = new Map(); // driver id → Set of its active parcel ids
 const trucks = new Map(); // driver id → {marker, item, stale, label}
+const pins = new Map(); // parcel id → [pickup marker, destination marker]
 let boardSeen = false;
 
 function driverName(driverId) {
@@ -114,6 +120,7 @@ function drawTruck(driverId) {
       truck.marker?.remove();
       truck.item.remove();
       trucks.delete(driverId);
+      drawPins();
     }
     byDriver.delete(driverId);
     return;
@@ -129,7 +136,10 @@ function drawTruck(driverId) {
   if (state.good && !truck.marker) {
     truck.marker = truckMarker([state.good.lat, state.good.lng], label).addTo(map);
     Object.assign(truck.marker.getElement().dataset, { driverId });
-    if (boardSeen) frameTrucks();
+    if (boardSeen) {
+      drawPins();
+      frameTrucks();
+    }
   }
   if (truck.marker) {
     if (state.good) truck.marker.place(state.good.lat, state.good.lng);
@@ -150,6 +160,33 @@ function drawTruck(driverId) {
     truck.item.dataset.stale = String(state.stale);
     sortList();
   }
+}
+
+function hasTruckOnMap(parcel) {
+  return Boolean(parcel?.ends && parcel.driverId !== null && trucks.get(parcel.driverId)?.marker);
+}
+
+/** Pin the pickup and destination of every parcel whose truck is on the map; unpin the
+ * others. → whether a pin was added. */
+function drawPins() {
+  let added = false;
+  for (const [id, pair] of pins) {
+    if (hasTruckOnMap(parcels.get(id))) continue;
+    for (const pin of pair) pin.remove();
+    pins.delete(id);
+  }
+  for (const [id, parcel] of parcels) {
+    if (pins.has(id) || !hasTruckOnMap(parcel)) continue;
+    pins.set(id, ["pickup", "destination"].map((end) => {
+      const point = parcel.ends[end];
+      const place = point.address || `${point.lat.toFixed(5)}, ${point.lng.toFixed(5)}`;
+      const pin = marker(end, [point.lat, point.lng], `${ICONS[end].label} of #${id} · ${place}`).addTo(map);
+      Object.assign(pin.getElement().dataset, { parcelId: String(id), end });
+      return pin;
+    }));
+    added = true;
+  }
+  return added;
 }
 
 function sortList() {
@@ -185,16 +222,25 @@ function onBoard(message) {
       driverId: p.driver_id === null || p.driver_id === undefined ? null : String(p.driver_id),
       good: p.location ? { lat: p.location.lat, lng: p.location.lng, at: at || 0 } : null,
       reportAt: p.location ? at : null,
+      ends: endsOf(p),
     });
   }
   redrawAll();
   boardSeen = true;
+  drawPins();
   drawSummary();
   frameTrucks();
 }
 
+function endsOf(message) {
+  return message.pickup && message.destination ? { pickup: message.pickup, destination: message.destination } : null;
+}
+
+/** Frame every truck on the map and its parcels' pins (until the person moves the map). */
 function frameTrucks() {
-  map.frameAll([...trucks.values()].filter((t) => t.marker).map((t) => t.marker.getLatLng()));
+  const points = [...trucks.values()].filter((t) => t.marker).map((t) => t.marker.getLatLng());
+  for (const pair of pins.values()) points.push(...pair.map((pin) => pin.getLatLng()));
+  map.frameAll(points);
 }
 
 function onLocation(location, message) {
@@ -202,7 +248,7 @@ function onLocation(location, message) {
   let parcel = parcels.get(id);
   if (!parcel) {
     if (!message.driver_id) return;
-    parcel = { status: null, driverId: String(message.driver_id), good: null, reportAt: null };
+    parcel = { status: null, driverId: String(message.driver_id), good: null, reportAt: null, ends: null };
     setParcel(id, parcel);
   }
   const at = time(message.timestamp) || Date.now();
@@ -224,10 +270,12 @@ function onStatus(status, message) {
   } else {
     const driverId = "driver_id" in message
       ? (message.driver_id === null ? null : String(message.driver_id)) : before;
-    setParcel(id, { status, driverId, good: parcel?.good || null, reportAt: parcel?.reportAt || null });
+    setParcel(id, { status, driverId, good: parcel?.good || null, reportAt: parcel?.reportAt || null,
+      ends: endsOf(message) || parcel?.ends || null });
     if (driverId !== null && driverId !== before) drawTruck(driverId);
   }
   if (before !== null) drawTruck(before);
+  if (drawPins() && boardSeen) frameTrucks();
   drawSummary();
 }
 

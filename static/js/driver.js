@@ -1,48 +1,67 @@
 /**
- * The driver's tracking page (/driver/parcels/<id>), phone first.
+ * The driver's page for one parcel (/driver/parcels/<id>), phone first.
  *
- * Tracking is off until the driver turns it on. While on: the device position
- * from watchPosition (high accuracy), the latest fix sent every `send_every_s` seconds
- * (and at once when the first fix comes), the screen kept awake where the Screen
- * Wake Lock API exists (position-sharing.js, as on the shift page). Off stops sending
- * and closes the socket. The status buttons call POST /api/parcels/<id>/status/ with
- * the page's XSRF token.
+ * Its tracking toggle IS the driver's shift (driver-shift.js, the same as /driver's "Start my
+ * shift"): on, the position goes out over the route socket /ws/driver/ to every active
+ * parcel, this one included, every `send_every_s` seconds (at once when the first fix comes),
+ * with the screen kept awake where the Screen Wake Lock API exists. A shift started on
+ * /driver is still on when this page opens, and turning tracking off here ends the shift on
+ * every page. "Sharing for" says whom the shift reaches, this parcel first.
  *
- * Fixes taken while the socket is down wait in the offline queue (IndexedDB, one queue
- * per driver and parcel) and go out as one location_batch with this parcel's id once
- * it is live again (outbox.js; the shift page /driver does the same for all parcels).
- * An echoed fix with quality "low" shows the "weak GPS" warning.
+ * The route socket carries this parcel's status changes and echoed fixes (an echo with
+ * quality "low" shows the "weak GPS" warning). When the parcel leaves the driver's active
+ * set, its status is read again: finished, the page says so and the shift goes on; no longer
+ * this driver's (reassigned), the page says tracking stopped for it and the toggle is off.
+ * The status buttons call POST /api/parcels/<id>/status/ with the page's XSRF token;
+ * "Delivered" asks first (deliver-confirm.js). Fixes taken while the socket is down wait in
+ * the shift's offline queue and go out as one location_batch once it is live again.
  */
 
-import { queueFor } from "./offline-queue.js";
-import { Outbox } from "./outbox.js";
-import { PositionSharing } from "./position-sharing.js";
+import { apiCall } from "./api.js";
+import { confirmDelivery, destinationOf } from "./deliver-confirm.js";
+import { Shift } from "./driver-shift.js";
 import { pressStep, SharingFacts } from "./sharing-facts.js";
-import { TrackingSocket } from "./tracking-socket.js";
-import { dataJSON, showConnection, showStatus, toast } from "./ui.js";
+import { dataJSON, plural, showConnection, showStatus, toast } from "./ui.js";
 
 const root = document.getElementById("driver");
 const parcelId = Number(root.dataset.parcelId);
 // The server's rules and texts (handlers/pages.py), not copies of them.
 const rules = dataJSON(root, "rules");
-const { labels, finished, texts, send_every_s: sendEvery } = rules;
+const { labels, finished, texts } = rules;
 const FINISHED = new Set(finished);
-const SEND_EVERY_MS = sendEvery * 1000;
 const $ = (id) => document.getElementById(id);
 const toggle = $("tracking-toggle");
 const stepButtons = [...document.querySelectorAll(".button-step")];
 
 let status = root.dataset.status;
+let lost = false; // the parcel was reassigned away while this page was open
 const facts = new SharingFacts();
 
 // -- what the driver sees ------------------------------------------------------------
 
+function finishedText(on) {
+  return (on ? texts.finished_on_shift : texts.finished).replace("{status}", (labels[status] || status).toLowerCase());
+}
+
+/** The toggle (the shift's, for this parcel), its help and "Sharing for". */
 function showTracking() {
-  const tracking = sharing.on;
-  toggle.setAttribute("aria-pressed", String(tracking));
-  toggle.classList.toggle("is-on", tracking);
-  $("tracking-state").textContent = tracking ? "On" : "Off";
-  if (!FINISHED.has(status)) $("tracking-help").textContent = tracking ? texts.help_on : texts.help_off;
+  const on = shift.on && !lost;
+  toggle.setAttribute("aria-pressed", String(on));
+  toggle.classList.toggle("is-on", on);
+  $("tracking-state").textContent = on ? "On" : "Off";
+  // Nothing to start for a finished or lost parcel; a shift that is on can still be ended here.
+  toggle.disabled = lost || (FINISHED.has(status) && !shift.on);
+  if (lost) $("tracking-help").textContent = texts.lost_help;
+  else if (FINISHED.has(status)) $("tracking-help").textContent = finishedText(shift.on);
+  else $("tracking-help").textContent = shift.on ? texts.help_on : texts.help_off;
+  const others = shift.active.filter((id) => id !== parcelId).length;
+  let sharingFor = "Not sharing";
+  if (shift.on && shift.active.includes(parcelId)) {
+    sharingFor = others ? `This parcel and ${plural(others, "other", "others")}` : "This parcel";
+  } else if (shift.on) {
+    sharingFor = others ? `${plural(others, "other parcel", "other parcels")}, not this one` : "No parcel yet";
+  }
+  $("sharing-for").textContent = sharingFor;
 }
 
 function showFix(fix) {
@@ -58,14 +77,8 @@ function setStatus(next) {
   status = next;
   showStatus(status, labels);
   for (const button of stepButtons) button.disabled = !button.dataset.from.split(" ").includes(status);
-  if (FINISHED.has(status)) {
-    if (sharing.on) sharing.stop();
-    toggle.disabled = true;
-    $("tracking-help").textContent = texts.finished.replace("{status}", (labels[status] || status).toLowerCase());
-  }
+  showTracking();
 }
-
-// -- sending the position -------------------------------------------------------------
 
 function showQuality(message) {
   const weak = message.quality === "low" && Boolean(rules.weak_gps_text);
@@ -73,27 +86,27 @@ function showQuality(message) {
   $("weak-gps").textContent = weak ? rules.weak_gps_text : "";
 }
 
-const socket = new TrackingSocket({
-  parcelId,
-  wsUrl: root.dataset.wsUrl,
-  onState(state, detail) {
-    showConnection(state, detail);
-    sharing.socketState(state, detail);
-  },
-  onStatus: (next) => { if (next !== status) setStatus(next); },
-  onLocation: (location, message) => showQuality(message),
-  onError: (text) => toast(text, "error", 8000),
-});
+/** This parcel left the driver's active set: finished (read its status again), or reassigned away. */
+async function parcelLeft() {
+  if (FINISHED.has(status) || lost) return;
+  let parcel = null;
+  try {
+    parcel = await apiCall("GET", `/api/parcels/${parcelId}/`);
+  } catch {
+    parcel = null; // 404: no longer this driver's to see
+  }
+  if (parcel && String(parcel.driver_id) === root.dataset.driverId) {
+    if (parcel.status !== status) setStatus(parcel.status);
+    return;
+  }
+  lost = true;
+  for (const button of stepButtons) button.disabled = true;
+  showConnection("error", texts.lost.replace(/^[^:]*:\s*/, ""));
+  facts.problem(texts.lost);
+  showTracking();
+}
 
-const outbox = new Outbox({
-  socket,
-  queue: queueFor(`parcel:${root.dataset.driverId}:${parcelId}`, rules),
-  parcelId,
-  onWaiting: (count) => facts.waiting(count),
-  onSent: (count, batched) => facts.sent(count, batched),
-});
-
-// -- on and off -----------------------------------------------------------------------------
+// -- the shift: the same on every driver page (driver-shift.js) --------------------------
 
 // The Screen row, by the wake lock's state (wake-lock.js).
 const WAKE_TEXTS = {
@@ -102,33 +115,42 @@ const WAKE_TEXTS = {
   refused: "May turn off (not allowed here)",
 };
 
-const sharing = new PositionSharing({
-  socket,
-  outbox,
-  sendEveryMs: SEND_EVERY_MS,
-  texts: {
-    denied: "Location permission is denied, so tracking is off. Allow location for this site in your " +
-      "browser's settings, then turn tracking on again.",
-    unavailable: "Your position is unavailable right now (no GPS signal?). Tracking stays on and sends " +
-      "as soon as a position comes.",
-    waiting: "Still waiting for a GPS position. Tracking stays on.",
-    resumed: "Tracking resumed. It pauses while this page is in the background.",
-    stopped: "Tracking stopped",
+const shift = new Shift({
+  driverId: root.dataset.driverId,
+  wsUrl: root.dataset.wsUrl,
+  rules,
+  facts,
+  onState: (state, detail) => { if (!lost) showConnection(state, detail); },
+  onParcels(ids) {
+    showTracking();
+    if (!ids.includes(parcelId)) parcelLeft();
   },
   onChange: showTracking,
   onFix: showFix,
-  onProblem: (text) => facts.problem(text),
+  onProblem: (text) => facts.problem(lost ? texts.lost : text),
   onWake(state, why) {
     $("wake-state").textContent = WAKE_TEXTS[state] || "May turn off";
     $("wake-state").title = why || "";
   },
+  socket: {
+    onStatus(next, message) {
+      if (Number(message.parcel_id) === parcelId && next !== status) setStatus(next);
+    },
+    onLocation(location, message) {
+      if (Number(message.parcel_id) === parcelId) showQuality(message);
+    },
+    onError: (text) => toast(text, "error", 8000),
+  },
 });
 
-toggle.addEventListener("click", () => sharing.toggle());
+toggle.addEventListener("click", () => shift.toggle());
 
 // -- the status buttons -------------------------------------------------------------------------
 
 async function changeStatus(button) {
+  if (button.dataset.status === "delivered") {
+    if (!(await confirmDelivery({ parcelId, to: destinationOf(root), from: shift.lastGood, rules }))) return;
+  }
   for (const b of stepButtons) b.disabled = true;
   const next = await pressStep(parcelId, button, labels, (text) => { $("step-message").textContent = text; });
   setStatus(next ?? status);
@@ -138,4 +160,5 @@ for (const button of stepButtons) button.addEventListener("click", () => changeS
 
 showConnection("offline", "turn tracking on to connect");
 showTracking();
-outbox.countWaiting().catch(() => {});
+shift.outbox.countWaiting().catch(() => {});
+shift.resume();

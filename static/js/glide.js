@@ -100,7 +100,16 @@ export class Truck {
     if (this.label) this.label.textContent = text;
   }
 
-  /** Dimmed while a replay shows where it was (the live truck stays on the map). */
+  /** Off the map (a share link that no longer shows the driver); the next fix adds it again. */
+  remove() {
+    this.stop();
+    this.marker?.remove();
+    this.marker = null;
+    this.label = null;
+    this.lastFixTime = null;
+  }
+
+    /** Dimmed while a replay shows where it was (the live truck stays on the map). */
   dim(on) {
     const el = this.marker && this.marker.getElement();
     if (el) el.classList.toggle("is-dimmed", on);

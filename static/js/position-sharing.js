@@ -6,7 +6,8 @@
  * opens the page's socket, watches the position (high accuracy), hands the latest fix to
  * the outbox every `sendEveryMs` (and at once when the first fix comes, the socket comes
  * back or the page comes back to the front, with a "resumed" toast) and keeps the screen
- * awake (wake-lock.js). `stop()` undoes all of that; leaving the page or logging out stops.
+ * awake (wake-lock.js). `stop()` undoes all of that; leaving the page or logging out stops
+ * (leaving tells `onChange` so: the driver's pages remember a shift across pages, driver-shift.js).
  *
  * What differs between the pages comes in as options: the texts, whether there is
  * anything to send (`canSend`), the least time between two fixes sent (`minGapMs`), and
@@ -33,7 +34,8 @@ export class PositionSharing {
    *   the problems the driver is told of, the toast when the page is back in front, and what a refused
    *   socket's detail follows ("Tracking stopped": "Tracking stopped: <detail>")
    * @param {() => boolean} [options.canSend] whether there is anything to send a fix for now
-   * @param {(on: boolean) => void} options.onChange sharing turned on or off
+   * @param {(on: boolean, why: {leaving: boolean}) => void} options.onChange sharing turned on or off
+   *   (`leaving`: off only because the page is being left, not because it was turned off)
    * @param {(position: GeolocationPosition) => void} [options.onFix] each fix from the device
    * @param {(text: string) => void} options.onProblem what keeps the position from being shared; "" clears it
    * @param {(state: string, why?: string) => void} options.onWake the wake lock's state (wake-lock.js)
@@ -51,7 +53,7 @@ export class PositionSharing {
     // Made first: its own visibilitychange listener asks for the lock again before the one below sends.
     this.wake = new ScreenWakeLock(onWake);
     document.addEventListener("visibilitychange", () => this._visibilityChanged());
-    window.addEventListener("pagehide", () => { if (this.on) this.stop(); });
+    window.addEventListener("pagehide", () => { if (this.on) this.stop({ leaving: true }); });
     onLogout(() => { if (this.on) this.stop(); });
   }
 
@@ -73,17 +75,18 @@ export class PositionSharing {
     this.fix = null;
     this.everLive = false;
     this.lastEmit = 0;
-    this.onChange(true);
+    this.onChange(true, { leaving: false });
     this.socket.connect();
     this.watchId = navigator.geolocation.watchPosition((position) => this._fixed(position),
       (error) => this._fixFailed(error), WATCH_OPTIONS);
-    this.sendTimer = setInterval(() => this.send(), this.sendEveryMs);
+    this._rhythm();
     this.wake.hold();
   }
 
-  stop() {
+  /** Stop sharing (`leaving`: only because the page is being left). */
+  stop({ leaving = false } = {}) {
     this.on = false;
-    this.onChange(false);
+    this.onChange(false, { leaving });
     if (this.watchId !== null) navigator.geolocation.clearWatch(this.watchId);
     this.watchId = null;
     clearInterval(this.sendTimer);
@@ -92,13 +95,22 @@ export class PositionSharing {
     this.wake.release();
   }
 
-  /** Hand the latest fix to the outbox (`force`: the socket just came back, send whatever the gap). */
-  send(force = false) {
+  /** Send every `sendEveryMs` from now on: after a fix that went out between two ticks, the next
+   * goes one whole period later (so a reconnect's fix and a tick never come close together). */
+  _rhythm() {
+    clearInterval(this.sendTimer);
+    this.sendTimer = setInterval(() => this.send(false, true), this.sendEveryMs);
+  }
+
+  /** Hand the latest fix to the outbox (`force`: the socket just came back, send whatever the gap;
+   * `tick`: the period's own send). */
+  send(force = false, tick = false) {
     if (!this.on || !this.fix || !this.canSend()) return;
     if (this.socket.state === "live") this.everLive = true;
     else if (!this.everLive && navigator.onLine !== false) return; // still opening: sent once live, not queued
     if (!force && this.lastEmit && Date.now() - this.lastEmit < this.minGapMs) return;
     this.lastEmit = Date.now();
+    if (!tick) this._rhythm();
     const c = this.fix.coords;
     this.outbox.deliver({ lat: c.latitude, lng: c.longitude, accuracy: c.accuracy, heading: c.heading, speed: c.speed })
       .catch((error) => toast(`Could not keep a position: ${error.message}`, "error"));

@@ -7,21 +7,22 @@
  * the device knows them. Fixes taken while the socket is not live wait in the offline
  * queue and go out as one location_batch on reconnect (outbox.js, offline-queue.js).
  * The screen is kept awake where the browser can (wake-lock.js), else the driver is told.
- * Turning the sharing on and off is position-sharing.js, as on the parcel page.
+ * The shift is driver-shift.js, the same on the parcel page: opening a parcel keeps it
+ * on, and turning it off there ends it here too.
  *
- * The route list is the server's markup: on a status message, a change of the parcel set
+ * The list is the server's markup, in the order the parcels came in (the server works out
+ * no driving order, and the page says so): on a status message, a change of the parcel set
  * (a new assignment, a parcel reassigned away or finished) or a button pressed here, the
  * `#deliveries` section is fetched again from /driver and swapped in, so the next-step
- * buttons and the route order follow the server's rules without a copy of them here.
- * The echoed broadcasts give each stop its ETA and the "weak GPS" warning.
+ * buttons follow the server's rules without a copy of them here. "Delivered" asks first
+ * (deliver-confirm.js). The echoed broadcasts give each stop its ETA and the "weak GPS" warning.
  */
 
 import { etaForStop, placeName } from "./eta.js";
-import { queueFor } from "./offline-queue.js";
-import { Outbox } from "./outbox.js";
-import { PositionSharing } from "./position-sharing.js";
+import { confirmDelivery, destinationOf } from "./deliver-confirm.js";
+import { Shift } from "./driver-shift.js";
 import { pressStep, SharingFacts } from "./sharing-facts.js";
-import { loginUrl, TrackingSocket } from "./tracking-socket.js";
+import { loginUrl } from "./tracking-socket.js";
 import { dataJSON, plural, showConnection, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -29,7 +30,6 @@ const root = $("shift");
 // The server's rules and texts (handlers/pages.py), not copies of them.
 const rules = dataJSON(root, "rules");
 const { labels } = rules;
-const SEND_EVERY_MS = rules.send_every_s * 1000;
 const toggle = $("shift-toggle");
 
 const facts = new SharingFacts();
@@ -40,7 +40,7 @@ const messages = new Map(); // parcel id → the latest step message, kept acros
 // -- what the driver sees ---------------------------------------------------------------
 
 function showShift() {
-  const onShift = sharing.on;
+  const onShift = shift.on;
   toggle.classList.toggle("is-on", onShift);
   $("shift-label").textContent = onShift ? "End my shift" : "Start my shift";
   $("shift-help").textContent = onShift
@@ -124,6 +124,10 @@ function setActive(ids) {
 
 async function changeStatus(button) {
   const parcelId = Number(button.dataset.parcelId);
+  if (button.dataset.status === "delivered") {
+    const to = destinationOf(button.closest(".route-stop"));
+    if (!(await confirmDelivery({ parcelId, to, from: shift.lastGood, rules }))) return;
+  }
   for (const b of button.parentElement.querySelectorAll("button")) b.disabled = true;
   button.classList.add("is-saving"); // stays in sight until the list comes back from the server
   await pressStep(parcelId, button, labels, (text) => {
@@ -138,69 +142,44 @@ $("deliveries").addEventListener("click", (event) => {
   if (button && !button.disabled) changeStatus(button);
 });
 
-// -- sending the position -------------------------------------------------------------------
+// -- the shift: the same on every driver page (driver-shift.js) ----------------------------------
 
-const socket = new TrackingSocket({
-  path: "/ws/driver/",
+const shift = new Shift({
+  driverId: root.dataset.driverId,
   wsUrl: root.dataset.wsUrl,
-  onState(state, detail) {
-    showConnection(state, detail);
-    sharing.socketState(state, detail);
-  },
-  onMessage(message) {
-    if (message.type === "subscribed" || message.type === "parcels") setActive(message.parcels || []);
-    else if (message.type === "geofence" && message.event === "enter") {
-      toast(`Parcel #${message.parcel_id}: you are at ${placeName(message.zone)}`, "info");
-    }
-  },
-  onLocation(location, message) {
-    const id = Number(message.parcel_id);
-    live.set(id, { eta: message.eta || null, weak: message.quality === "low" });
-    showStops();
-  },
-  onStatus(status, message) {
-    if (message.type === "status") refreshList();
-  },
-  onError: (text) => toast(text, "error", 8000),
-});
-
-const outbox = new Outbox({
-  socket,
-  queue: queueFor(`driver:${root.dataset.driverId}`, rules),
-  onWaiting: (count) => facts.waiting(count),
-  onSent: (count, batched) => facts.sent(count, batched),
-});
-
-// -- on and off -----------------------------------------------------------------------------------
-
-const sharing = new PositionSharing({
-  socket,
-  outbox,
-  sendEveryMs: SEND_EVERY_MS,
-  minGapMs: SEND_EVERY_MS * 0.9, // at most one fix every send_every_s, but at once when the socket comes back
-  texts: {
-    denied: "Location permission is denied, so your shift is off. Allow location for this site in your " +
-      "browser's settings, then start your shift again.",
-    unavailable: "Your position is unavailable right now (no GPS signal?). Your shift stays on and sends as soon " +
-      "as a position comes.",
-    waiting: "Still waiting for a GPS position. Your shift stays on.",
-    resumed: "Your shift resumed. Positions pause while this page is in the background.",
-    stopped: "Your shift stopped",
-  },
-  canSend: () => active.length > 0,
+  rules,
+  facts,
+  onState: showConnection,
+  onParcels: setActive,
   onChange: showShift,
   onFix: (position) => facts.fix(position),
-  onProblem: (text) => facts.problem(text),
   onWake(state, why) { // the screen
     $("wake-state").textContent = { on: "Kept on during your shift", off: "May turn off" }[state] || "May turn off";
     $("wake-state").title = why || "";
-    $("wake-note").hidden = !(sharing.on && (state === "unsupported" || state === "refused"));
+    $("wake-note").hidden = !(shift.on && (state === "unsupported" || state === "refused"));
+  },
+  socket: {
+    onMessage(message) {
+      if (message.type === "geofence" && message.event === "enter") {
+        toast(`Parcel #${message.parcel_id}: you are at ${placeName(message.zone)}`, "info");
+      }
+    },
+    onLocation(location, message) {
+      const id = Number(message.parcel_id);
+      live.set(id, { eta: message.eta || null, weak: message.quality === "low" });
+      showStops();
+    },
+    onStatus(status, message) {
+      if (message.type === "status") refreshList();
+    },
+    onError: (text) => toast(text, "error", 8000),
   },
 });
 
-toggle.addEventListener("click", () => sharing.toggle());
+toggle.addEventListener("click", () => shift.toggle());
 
 showConnection("offline", "start your shift to connect");
 showShift();
 showStops();
-outbox.countWaiting().catch(() => {});
+shift.outbox.countWaiting().catch(() => {});
+shift.resume();

@@ -12,9 +12,14 @@
  * longer valid" when its socket is refused, or shows the final status when the parcel
  * finished. The map frames everything once and then keeps the view the person chose,
  * unless "Follow driver" is on.
+ *
+ * The share page shows the truck only while the server's rules say a link does
+ * (`rules.position_statuses`; the server sends no position otherwise), says where the
+ * driver is in words rather than coordinates, and once the parcel finished shows its
+ * final status in the pill and no truck and no path.
  */
 
-import { etaDetail, etaSentence, placeName } from "./eta.js";
+import { etaDetail, etaSentence, placeName, roughDistance } from "./eta.js";
 import { Truck } from "./glide.js";
 import { addLegend, marker } from "./markers.js";
 import { Notifier } from "./notify.js";
@@ -38,6 +43,7 @@ const FINISHED = new Set(rules.finished);
 const ROUTE_STATUSES = new Set(rules.en_route); // heading for the destination
 const STALE_AFTER_MS = rules.last_seen_after_s * 1000; // no fix for this long: the truck fades, "Last seen … ago"
 const shareToken = root.dataset.shareToken || "";
+const POSITION_STATUSES = new Set(rules.position_statuses || []); // a share link shows the truck only then
 const followBox = $("follow");
 
 let status = parcel.status;
@@ -140,7 +146,11 @@ function showPosition(location, timestamp) {
   const text = $("driver-position");
   if (text) {
     const coords = `${location.lat.toFixed(5)}, ${location.lng.toFixed(5)}`;
-    text.textContent = location.address ? `${location.address} (${coords})` : coords;
+    if (shareToken) { // a recipient reads words, not coordinates
+      text.textContent = location.address || `${roughDistance(metres(location, destination))} from the destination`;
+    } else {
+      text.textContent = location.address ? `${location.address} (${coords})` : coords;
+    }
     Object.assign(text.dataset, { lat: String(location.lat), lng: String(location.lng) });
   }
   lastTimestamp = timestamp;
@@ -160,6 +170,7 @@ function showEta() {
   box.hidden = !sentence;
   $("eta-text").textContent = sentence;
   $("eta-detail").textContent = sentence ? etaDetail(eta) : "";
+  box.dataset.confidence = (sentence && eta.confidence) || ""; // the words say it; this lets a style too
 }
 
 /** "Driver is nearby" (a geofence entry), or hidden (an exit, a finished parcel). */
@@ -186,7 +197,7 @@ function tick() {
 // -- notifications --------------------------------------------------------------------
 
 const notifier = new Notifier($("notify"), $("notify-note"), root.dataset.swUrl);
-const parcelName = `Parcel #${parcel.id}`;
+const parcelName = rules.parcel_name || `Parcel #${parcel.id}`;
 
 // -- the share page's end -----------------------------------------------------------------
 
@@ -203,12 +214,45 @@ function showFinished() {
   showNearby(null);
 }
 
+/** The share page follows the server's rule on the driver's position: shown (the path and the
+ * replay wait for the frames), or not (not yet on its way, or finished): no truck, no path, no
+ * replay, and before it is on its way a sentence saying when the truck will appear. */
+function positionRule() {
+  if (!shareToken) return;
+  const shown = POSITION_STATUSES.has(status);
+  $("position-note").hidden = shown || FINISHED.has(status);
+  for (const part of [$("replay"), root.querySelector(".updated-line"), followBox?.closest(".check")]) {
+    if (part) part.hidden = !shown;
+  }
+  const notify = root.querySelector(".notify-box");
+  if (notify) notify.hidden = FINISHED.has(status); // nothing more will happen to notify of
+  if (shown) {
+    if (!map.hasLayer(path.line)) path.line.addTo(map); // the live frames follow from the server
+    return;
+  }
+  truck.remove();
+  path.line.remove();
+  replay.leave();
+  $("driver-position").textContent = FINISHED.has(status) ? "Tracking has ended" : "Not shown yet";
+  lastTimestamp = null;
+  eta = null;
+  showEta();
+}
+
+/** A finished parcel on the share page: its final status in the pill, as on every other page. */
+function showEnded() {
+  showConnection("ended", "");
+  $("connection-text").textContent = labels[status] || status;
+  $("connection").title = "";
+}
+
 /** The share socket was refused (revoked, expired, or the parcel finished): say which. */
 function endShare() {
   if (ended) return;
   ended = true;
   if (FINISHED.has(status)) { // nothing went wrong: the parcel arrived (or was cancelled), tracking is over
-    showConnection("offline", "");
+    showEnded();
+    positionRule();
     return showFinished();
   }
   replay.leave();
@@ -223,6 +267,7 @@ let everLive = false;
 let lost = false;
 
 function onState(state, detail) {
+  if (ended) return; // the share page's final word stays
   showConnection(state, detail);
   if (state === "error" && shareToken) endShare();
   if (state === "live") {
@@ -244,6 +289,7 @@ function onStatus(next, message) {
   drawAhead();
   tick();
   showFinished();
+  positionRule();
   const label = labels[status] || status;
   toast(`Parcel status: ${label}`, "info");
   if (message.type === "status") notifier.notify(`${parcelName}: ${label}`, "The parcel's status changed.", "status");
@@ -281,6 +327,7 @@ if (parcel.last_location) {
 }
 drawAhead();
 showFinished();
+positionRule();
 everySecond(tick);
 path.load();
 shareControls($("share-controls"), root.dataset.shareApi);
@@ -295,4 +342,8 @@ const socket = new TrackingSocket({
   onError: (text) => { if (!shareToken) toast(text, "error", 8000); }, // a link's errors: the page says it whole
   onState,
 });
-connectWhileShown(() => [socket]);
+if (shareToken && FINISHED.has(status)) {
+  ended = true; // its link's socket would be refused: the page already says how it ended
+} else {
+  connectWhileShown(() => [socket]);
+}

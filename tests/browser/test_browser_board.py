@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from models.db import iso
 from tests.browser.conftest import AFTER_WEAK, NEXT, WEAK, pill, record_latitudes, screenshot, start_shift
+from tests.conftest import path_to
 
 QUIET = {"lat": 28.55, "lng": 77.25}
 
@@ -59,6 +60,18 @@ def two_trucks(sessions, data, names: tuple[str, str, str], quiet_status: str, s
     quiet_parcel = data.parcel(client, quiet, status=quiet_status)
     report_once(sessions, quiet["email"], QUIET, seconds_ago=seconds_ago)
     return client, mover, quiet, moving_parcel, quiet_parcel
+
+
+def inside(page, box_selector: str, locator) -> bool:
+    """Whether every element of `locator` is drawn wholly inside the element `box_selector`."""
+    box = page.locator(box_selector).bounding_box()
+    for i in range(locator.count()):
+        pin = locator.nth(i).bounding_box()
+        if pin is None or pin["x"] < box["x"] or pin["y"] < box["y"]:
+            return False
+        if pin["x"] + pin["width"] > box["x"] + box["width"] or pin["y"] + pin["height"] > box["y"] + box["height"]:
+            return False
+    return True
 
 
 def test_dispatchers_map_moves_the_trucks_and_flags_a_quiet_one(sessions, data):
@@ -157,3 +170,33 @@ def test_clients_parcels_map_shows_each_truck(sessions, data):
     first.click()
     expect(page).to_have_url(re.compile(rf"/parcels/{driven}/track$"))
     assert session.script_errors() == [] and driver.script_errors() == []
+
+
+def test_dispatchers_map_shows_a_trucks_pickup_and_destination_and_frames_them(sessions, data):
+    """Issue 17: one truck on the board is framed with its parcel's pickup and destination
+    pins (from the board message), not zoomed onto alone."""
+    for earlier in data.call("GET", "/api/parcels/?active=1&limit=500"):  # the module's other tests' parcels
+        ending = path_to("cancelled" if earlier["status"] in ("pending", "assigned") else "delivered")
+        for step in ending[ending.index(earlier["status"]) + 1:] if earlier["status"] in ending else ending:
+            data.call("POST", f"/api/parcels/{earlier['id']}/status/", {"status": step})
+    client, driver = data.user("client", "Pinned Client"), data.user("driver", "Pia Pinned")
+    parcel = data.parcel(client, driver, status="in_transit", pickup="India Gate, New Delhi",
+                         destination="Hauz Khas, New Delhi")
+    report_once(sessions, driver["email"], QUIET, seconds_ago=5)
+
+    page = sessions(data.user("dispatcher", "Dev Pins")["email"]).page
+    page.goto("/dispatch")
+    expect(pill(page)).to_have_text("Live")
+    expect(page.locator("#board-summary")).to_have_text("1 truck · 1 active parcel")
+    truck = page.locator(".marker-driver")
+    expect(truck).to_have_count(1)
+    expect(truck).to_have_attribute("data-lat", str(QUIET["lat"]))
+    pickup = page.locator(f'#board-map .marker-pickup[data-parcel-id="{parcel}"]')
+    destination = page.locator(f'#board-map .marker-destination[data-parcel-id="{parcel}"]')
+    expect(pickup).to_have_attribute("title", f"Pickup of #{parcel} · India Gate, New Delhi")
+    expect(destination).to_have_attribute("title", f"Destination of #{parcel} · Hauz Khas, New Delhi")
+    # Framed over the truck and both pins (synchronously, with them): all three wholly inside the map.
+    for marker in (truck, pickup, destination):
+        assert inside(page, "#board-map", marker)
+    assert page.locator("#board-map .leaflet-marker-icon").count() == 3
+    screenshot(page, "dispatch-live-map-one-truck.png")

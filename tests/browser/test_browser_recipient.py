@@ -209,12 +209,20 @@ def centre(page: Page, selector: str) -> tuple[float, float]:
     return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
 
-def eta_text(seconds: int, to: str) -> str:
-    """What the page should say for an ETA of `seconds`: minutes to the nearest one under an hour."""
-    minutes = max(1, round(seconds / 60))
-    assert minutes < 60, "the tests drive less than an hour away"
-    place = "the pickup" if to == "pickup" else "the destination"
-    return f"Driver arrives at {place} in about {minutes} min"
+def eta_text(eta: dict[str, Any]) -> str:
+    """What the page should say for a broadcast's `eta` (static/js/eta.js): minutes to the nearest
+    one under an hour, as surely as its confidence ("about", a range, "roughly ..., still estimating")."""
+    def minutes(seconds: float) -> int:
+        return max(1, round(seconds / 60))
+    assert minutes(eta["seconds"]) < 60, "the tests drive less than an hour away"
+    place = "the pickup" if eta["to"] == "pickup" else "the destination"
+    low, high = minutes(min(eta["range"][0], eta["seconds"])), minutes(max(eta["range"][1], eta["seconds"]))
+    assert eta["confidence"] == "low" or high < 60, eta
+    if eta["confidence"] == "low":
+        return f"Driver arrives at {place} in roughly {minutes(eta['seconds'])} min, still estimating"
+    if eta["confidence"] == "medium" and low != high:
+        return f"Driver arrives at {place} in {low}–{high} min"
+    return f"Driver arrives at {place} in about {minutes(eta['seconds'])} min"
 
 
 def timeline_rows(page: Page) -> list[tuple[str, str, bool]]:
@@ -244,15 +252,16 @@ def test_share_page_without_login_shows_the_truck_moving_the_eta_and_the_timelin
     expect(page.locator("#eta")).to_be_hidden()  # no estimate yet: nothing rather than nonsense
 
     driver = Driver(sessions, people["driver"]["email"], people["parcel"])
-    start = driver.drove_earlier(ROAD)
-    expect(truck(page)).to_have_attribute("data-lat", str(start[0]))
-    page.wait_for_function("() => Number(document.getElementById('map').dataset.pathSamples) >= 2")
+    start = driver.drove_earlier(ROAD)  # before the parcel went in_transit: not the recipient's business
+    page.wait_for_timeout(1500)
+    expect(truck(page)).to_have_count(0)
+    assert page.locator("#map").get_attribute("data-path-samples") in (None, "0")
     start = towards(start, DESTINATION, 20)
     first = driver.send(*start)
     expect(truck(page)).to_have_attribute("data-lat", str(first["location"]["lat"]))
     box_before = centre(page, ".marker-driver")
     sent = driver.drive(start, DESTINATION, steps=8, step_m=12)  # 24 m/s straight at the destination
-    driven = len(along_route(ROAD, 50)) + 1 + len(sent)  # the earlier road, then every live fix
+    driven = 1 + len(sent)  # every live fix, none of the road driven before
     page.wait_for_function(f"() => Number(document.getElementById('map').dataset.pathSamples) === {driven}")
     last = sent[-1]
     expect(truck(page)).to_have_attribute("data-lat", str(last["location"]["lat"]))
@@ -260,9 +269,10 @@ def test_share_page_without_login_shows_the_truck_moving_the_eta_and_the_timelin
     assert centre(page, ".marker-driver") != box_before  # the truck moved on screen
     eta = last["eta"]
     assert eta and eta["to"] == "destination", last
-    expect(page.locator("#eta-text")).to_have_text(eta_text(eta["seconds"], "destination"))
+    expect(page.locator("#eta-text")).to_have_text(eta_text(eta))
     expect(page.locator("#eta-detail")).to_have_text(re.compile(r"^\d+(\.\d)? km away$"))
     expect(page.locator("path.route-path")).to_have_count(1)
+    expect(page.locator("#driver-position")).to_have_text(re.compile(r"^\d+(\.\d)? k?m from the destination$"))
 
     html = page.content()
     for person in (people["client"], people["driver"]):
@@ -297,7 +307,10 @@ def test_revoking_from_the_track_page_turns_the_open_share_page_invalid(sessions
 
     again = viewer.page.goto(url)  # the link itself is dead too
     assert again.status == 404
-    expect(viewer.page.locator("#error-message")).to_have_text("This link is no longer valid.")
+    expect(viewer.page.locator("#error-title")).to_have_text("This link is no longer valid.")
+    expect(viewer.page.locator("#error-message")).to_contain_text("Ask the sender for a new link.")
+    # no "Go to the login page" for someone without an account
+    expect(viewer.page.get_by_text(re.compile(r"log ?in", re.I))).to_have_count(0)
     assert owner.script_errors() == [] and viewer.script_errors() == []
 
 
@@ -305,16 +318,59 @@ def test_a_finished_parcel_leaves_the_share_page_on_its_final_status(sessions, d
     link = share_link(data, people["parcel"])
     viewer = open_share_page(sessions, link)
     page = viewer.page
+    driver = Driver(sessions, people["driver"]["email"], people["parcel"])
+    near = driver.send(*towards(DESTINATION, PICKUP, 100))
+    expect(truck(page)).to_have_attribute("data-lat", str(near["location"]["lat"]))
     data.call("POST", f"/api/parcels/{people['parcel']}/status/", {"status": "delivered"})
     expect(page.locator("#parcel-status")).to_have_text("Delivered")
     expect(page.locator("#finished-note")).to_contain_text("Delivered on ")
     expect(page.locator("#finished-note")).to_contain_text("Tracking has ended.")
-    expect(page.locator("#connection-text")).to_have_text("Offline")  # the server closed the link's socket
+    expect(page.locator("#connection-text")).to_have_text("Delivered")  # the pill says so too, not "Offline"
+    expect(page.locator("#connection")).to_have_attribute("data-state", "ended")
     expect(page.locator("#connection-detail")).to_have_text("")  # ... and that is no error: tracking is over
     expect(page.get_by_role("heading", name="This link is no longer valid.")).to_be_hidden()
+    expect(truck(page)).to_have_count(0)  # no stale truck
+    expect(page.locator("#replay")).to_be_hidden()
     rows = timeline_rows(page)
     assert rows[-1] == ("Delivered", "is-current", True)
-    assert viewer.script_errors() == []
+
+    again = sessions(phone=True).page  # opened afresh, the page says the same
+    again.goto("/t/" + link["token"])
+    expect(again.locator("#connection-text")).to_have_text("Delivered")
+    expect(again.locator("#finished-note")).to_contain_text("Tracking has ended.")
+    again.wait_for_timeout(1000)
+    expect(again.locator("#connection-text")).to_have_text("Delivered")
+    expect(truck(again)).to_have_count(0)
+    assert viewer.script_errors() == [] and driver.session.script_errors() == []
+
+
+def test_before_the_parcel_is_on_its_way_the_share_page_shows_its_status_and_no_truck(sessions, data, people):
+    parcel_id = data.parcel(people["client"], people["driver"], status="assigned")
+    driver = Driver(sessions, people["driver"]["email"], parcel_id)
+    driver.send(*towards(PICKUP, DESTINATION, 2000))  # on the way to the pickup, at another customer's maybe
+    viewer = open_share_page(sessions, share_link(data, parcel_id))
+    page = viewer.page
+    expect(page).to_have_title("Your parcel: Driver assigned · Parcel Tracking")
+    expect(page.locator("#parcel-title")).to_have_text("Your parcel")
+    expect(page.locator("#position-note")).to_contain_text("once your parcel is on its way")
+    expect(page.locator("#replay")).to_be_hidden()
+    page.wait_for_timeout(1000)
+    expect(truck(page)).to_have_count(0)
+    moved = towards(PICKUP, DESTINATION, 1990)
+    driver.send(*moved, pause=1.0)
+    page.wait_for_timeout(1000)
+    expect(truck(page)).to_have_count(0)  # live fixes do not reach it either
+    assert page.locator("#map").get_attribute("data-path-samples") in (None, "0")
+
+    for step in ("picked_up", "in_transit"):
+        data.call("POST", f"/api/parcels/{parcel_id}/status/", {"status": step})
+    expect(page.locator("#parcel-status")).to_have_text("In transit")
+    expect(page.locator("#position-note")).to_be_hidden()
+    on_its_way = driver.send(*towards(moved, DESTINATION, 20))
+    expect(truck(page)).to_have_attribute("data-lat", str(on_its_way["location"]["lat"]))
+    expect(page.locator("#replay")).to_be_visible()
+    page.wait_for_function("() => Number(document.getElementById('map').dataset.pathSamples) === 1")
+    assert viewer.script_errors() == [] and driver.session.script_errors() == []
 
 
 # -- the driven path and its replay --------------------------------------------------------------
@@ -334,7 +390,8 @@ def test_the_path_grows_as_the_driver_moves_and_replay_moves_the_marker(sessions
     driver.drive(towards(start, DESTINATION, 20), DESTINATION, steps=8, step_m=20, every=0.4)
     page.wait_for_function(f"() => ({samples})() >= {count_before + 7}")
     expect(page.locator("path.route-path")).not_to_have_attribute("d", drawn_before or "")
-    expect(page.locator("#eta-text")).to_have_text(re.compile(r"^Driver arrives at the destination in about \d+ min$"))
+    expect(page.locator("#eta-text")).to_have_text(  # a few seconds measured: still estimating
+        re.compile(r"^Driver arrives at the destination in (about \d+|\d+–\d+|roughly \d+) min(, still estimating)?$"))
     expect(page.locator(".toast")).to_have_count(0, timeout=8_000)  # a clean picture
     screenshot(page, "track-page-desktop.png")
 
@@ -481,12 +538,12 @@ def test_a_notification_is_raised_while_the_tab_is_hidden(sessions, data, people
     page.wait_for_function("() => window.__notes.length >= 1")
     notes = page.evaluate("window.__notes")
     assert notes == [{"title": "Driver is nearby", "via": "page",
-                      "body": f"Parcel #{parcel_id}: the driver is close to the destination."}], notes
+                      "body": "Your parcel: the driver is close to the destination."}], notes
     expect(page.locator("#nearby")).to_contain_text("Driver is nearby")
 
     data.call("POST", f"/api/parcels/{parcel_id}/status/", {"status": "delivered"})
     page.wait_for_function("() => window.__notes.length >= 2")
-    assert page.evaluate("window.__notes[1]")["title"] == f"Parcel #{parcel_id}: Delivered"
+    assert page.evaluate("window.__notes[1]")["title"] == "Your parcel: Delivered"
     assert viewer.script_errors() == [] and driver.session.script_errors() == []
 
 

@@ -115,8 +115,9 @@ def test_one_shift_moves_every_parcels_map(sessions, data, server):
     data.call("POST", f"/api/parcels/{parcel_ids[0]}/status/", {"status": "picked_up"})
     expect(first.locator(".status")).to_have_text("Picked up")
     expect(first.get_by_role("button", name=re.compile("^In transit"))).to_be_enabled()
-    # The driver's own button: the parcel goes on; delivered, it leaves the route.
+    # The driver's own button: the parcel goes on; delivered (once confirmed), it leaves the list.
     last.get_by_role("button", name=re.compile("^Delivered")).click()
+    page.get_by_role("dialog").get_by_role("button", name="Yes, delivered").click()
     expect(route).to_have_count(2)
     expect(page.locator("#finished")).to_contain_text(f"Parcel #{parcel_ids[2]}")
     expect(page.locator("#sharing-for")).to_have_text("2 parcels")

@@ -145,6 +145,7 @@ def test_driver_status_buttons_reach_the_client(sessions, data, people):
     buttons["In transit"].click()
     expect(status_text).to_have_text("In transit")
     buttons["Delivered"].click()
+    page.get_by_role("dialog").get_by_role("button", name="Yes, delivered").click()  # it asks first
     expect(status_text).to_have_text("Delivered")
     expect(page.locator("#parcel-status")).to_have_text("Delivered")
     expect(page.get_by_role("button", name=re.compile("^Tracking"))).to_be_disabled()
