@@ -46,6 +46,7 @@ from models.lookups import Lookups
 from realtime.broker import BrokerUnavailable
 from realtime.hub import Hub
 from realtime.limits import Limits
+from realtime.metrics import Metrics
 from settings import Settings, SettingsError
 
 HERE = Path(__file__).resolve().parent
@@ -64,19 +65,22 @@ log = logging.getLogger("parcel")
 
 
 class Application(tornado.web.Application):
-    """Routes and settings; owns the database handle, the hub and the login throttle."""
+    """Routes and settings; owns the database handle, the metrics, the sample writer, the hub
+    and the login throttle."""
 
     def __init__(self, config: Settings, mongodb_uri: str) -> None:
         self.config = config
         self.db = open_database(config, mongodb_uri)
-        writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
-                              parcel_interval=config.last_location_interval)
-        self.hub = Hub(self.db, writer, sample_every=config.location_sample_every, broker_url=config.broker_url,
-                       state_ttl=config.parcel_state_ttl, shutdown_timeout=config.shutdown_timeout,
-                       geofence_radius_m=config.geofence_radius_m)
+        self.metrics = Metrics()
+        self.writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
+                                   parcel_interval=config.last_location_interval)
+        self.hub = Hub(self.db, self.writer, self.metrics, sample_every=config.location_sample_every,
+                       broker_url=config.broker_url, state_ttl=config.parcel_state_ttl,
+                       shutdown_timeout=config.shutdown_timeout, geofence_radius_m=config.geofence_radius_m)
+        self.metrics.watch(open_sockets=self.hub.open_sockets, samples=self.writer)
         self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
-        self.limits = Limits()
+        self.limits = Limits(config.user_messages_per_second, config.user_sockets, config.address_sockets)
         self.drivers = users.Directory(self.db, "driver")
         self.lookups = Lookups(self.db, config.database_deadline)
         self.templates = jinja2.Environment(
@@ -128,7 +132,7 @@ class Application(tornado.web.Application):
             compress_response=True,  # gzip for text, JS, JSON, SVG asked with Accept-Encoding; sockets are untouched
             websocket_ping_interval=config.ws_ping_interval,
             websocket_ping_timeout=config.ws_ping_timeout,
-            websocket_max_message_size=settings_module.WEBSOCKET_MAX_BATCH_SIZE,  # others: 4 KiB (handlers/tracking.py)
+            websocket_max_message_size=settings_module.WEBSOCKET_MAX_BATCH_SIZE,  # others: 4 KiB (handlers/sockets.py)
             log_function=log_request,
             debug=config.debug,
         )

@@ -58,6 +58,13 @@ class Settings:
     parcel_state_ttl: float = 5.0  # see realtime.hub.Hub
     ws_ping_interval: float = 25.0  # seconds; Tornado sends no pings unless this is set
     ws_ping_timeout: float = 20.0  # seconds without a pong before a socket is closed (≤ the interval)
+    # The sockets' limits (docs/security.md, "Limits"); no environment variable sets them,
+    # they are fields so that tests can shrink them with `@settings(...)`.
+    rate_limit: int = 10  # location messages a second, one socket
+    user_messages_per_second: int = 20  # location messages a second, all of a user's sockets together
+    user_sockets: int = 100  # open at once (a dispatcher watching many parcels one socket each)
+    address_sockets: int = 1000  # open at once from one address (a depot's phones may share one); loopback is exempt
+    max_unsent: int = 1024 * 1024  # bytes waiting for one subscriber before it is closed (1008)
     debug: bool = False
 
     @classmethod

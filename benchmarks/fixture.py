@@ -26,7 +26,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tests.process import Server, run_cli
 
 PASSWORD = "bench-pass-1"
-SOCKETS_PER_USER = 100  # realtime/limits.py: USER_SOCKETS
+SOCKETS_PER_USER = 100  # settings.py: Settings.user_sockets
 CONCURRENCY = 16  # API calls in flight while building the fixture
 
 

@@ -858,7 +858,7 @@ async def load_test(server: Server, db: MongoDatabase, subjects: Subjects, data_
         return {"skipped": "no load generator"}
     http = Http(server.url, subjects)
     try:
-        # The dispatchers take turns watching: one user may hold at most 100 sockets (realtime/limits.py).
+        # The dispatchers take turns watching: one user may hold at most 100 sockets (Settings.user_sockets).
         first = first_dispatcher_id(subjects.sizes)
         dispatcher_tokens = [await http.token(first + i) for i in range(subjects.sizes.dispatchers)]
         fixture_parcels = []

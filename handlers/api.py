@@ -186,7 +186,7 @@ class ParcelsHandler(ApiHandler):
 
 
 class ParcelHandlerBase(ApiHandler):
-    async def visible_parcel(self, parcel_id: str) -> tuple[User, dict[str, Any]]:
+    async def caller_and_parcel(self, parcel_id: str) -> tuple[User, dict[str, Any]]:
         """The caller and the parcel; 404 alike for missing and not-yours, so ids cannot be probed."""
         user = self.require_user()
         parcel = await self.parcel_if_visible(parcel_id)
@@ -197,7 +197,7 @@ class ParcelHandlerBase(ApiHandler):
 
 class ParcelHandler(ParcelHandlerBase):
     async def get(self, parcel_id: str) -> None:
-        _, parcel = await self.visible_parcel(parcel_id)
+        _, parcel = await self.caller_and_parcel(parcel_id)
         self.send(parcels.public(parcel))
 
 
@@ -205,7 +205,7 @@ class AssignHandler(ParcelHandlerBase):
     """POST /api/parcels/<id>/assign/: a dispatcher assigns (or reassigns) a driver."""
 
     async def post(self, parcel_id: str) -> None:
-        user, parcel = await self.visible_parcel(parcel_id)
+        user, parcel = await self.caller_and_parcel(parcel_id)
         if not can_assign(user):
             raise Refused(403, "only a dispatcher can assign drivers")
         driver_id = json_id(self.json_body().get("driver_id"))
@@ -220,7 +220,7 @@ class StatusHandler(ParcelHandlerBase):
     """POST /api/parcels/<id>/status/: its driver or a dispatcher moves it on; the owner may cancel."""
 
     async def post(self, parcel_id: str) -> None:
-        user, parcel = await self.visible_parcel(parcel_id)
+        user, parcel = await self.caller_and_parcel(parcel_id)
         status = self.json_body().get("status")
         if status not in parcels.STATUSES:
             raise Refused(400, f"status must be one of {', '.join(parcels.STATUSES)}")
@@ -238,7 +238,7 @@ class ShareHandler(ParcelHandlerBase):
     """POST /api/parcels/<id>/share/ makes a share link; DELETE revokes every link of the parcel."""
 
     async def shareable(self, parcel_id: str) -> dict[str, Any]:
-        user, parcel = await self.visible_parcel(parcel_id)
+        user, parcel = await self.caller_and_parcel(parcel_id)
         if not can_share(user, parcel):
             raise Refused(403, "only the parcel's owner or a dispatcher can share it")
         return parcel
@@ -265,7 +265,7 @@ class LocationsHandler(ParcelHandlerBase):
     """A parcel's sampled history, a page at a time (docs/protocol.md, "Lists that page")."""
 
     async def get(self, parcel_id: str) -> None:
-        _, parcel = await self.visible_parcel(parcel_id)
+        _, parcel = await self.caller_and_parcel(parcel_id)
         await self.send_history(parcel)
 
     async def send_history(self, parcel: dict[str, Any], earliest: datetime | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 ROLES = ("client", "driver", "dispatcher")
 VIEWER = "viewer"  # the holder of a share link: one parcel, receive only, no account
@@ -63,6 +63,29 @@ def can_share(user: User, parcel: Mapping[str, Any]) -> bool:
 def can_send_location(user: User, driver_id: int | None) -> bool:
     """Only the driver a parcel is assigned to (`driver_id`) sends its location."""
     return user.role == "driver" and driver_id == user.id
+
+
+class Tracked(Protocol):
+    """What `location_refusal` needs of a parcel (realtime.channel.ParcelState is one)."""
+
+    @property
+    def driver_id(self) -> int | None: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
+def location_refusal(user: User, parcel: Tracked) -> str | None:
+    """Why this user may not send a location for the parcel in its state now (None: they may):
+    only its assigned driver, and only until it is finished."""
+    if not can_send_location(user, parcel.driver_id):
+        return "only the parcel's assigned driver can send its location"
+    if parcel.finished:
+        return f"the parcel is {parcel.status}; its location is no longer tracked"
+    return None
 
 
 def can_create_parcels(user: User) -> bool:

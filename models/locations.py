@@ -254,9 +254,17 @@ class SampleWriter:
 
     def _flush_soon(self) -> None:
         self._timer = None
-        task = asyncio.ensure_future(self._flush(everything=False))
+        task = asyncio.ensure_future(self._flush_logged())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _flush_logged(self) -> None:
+        """The timer's flush: nothing awaits it, so what it raises is logged here, not when the task is collected."""
+        try:
+            await self._flush(everything=False)
+        except Exception:
+            log.exception("could not flush the location samples on the timer (%d queued, %d parcels' positions held)",
+                          self.queued, self.parcels_pending)
 
     async def flush(self) -> bool:
         """Write everything queued and held so far, after any flush already under way;

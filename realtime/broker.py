@@ -1,10 +1,12 @@
 """Fan-out between processes: in-process by default, Redis pub/sub with BROKER_URL.
 
 A broker carries hub events (a location, a status change, a driver revoked) to
-every process's hub. Publishing delivers the event to this process's own sockets at
-once, whatever Redis is doing; with Redis it is also published, through one queue
-(so this process's events keep their order), for the other processes, and each
-process ignores its own events when Redis hands them back (`origin`).
+every process's hub. Both kinds share one base, `Broker`: publishing queues the event
+for this process's own sockets, and they get it on the next turn of the event loop, in
+the order it was published, whatever Redis is doing (so the single process of the tests
+and of a small deployment has the ordering of several). With Redis the event is also
+published, through one queue (so this process's events keep their order), for the other
+processes, and each process ignores its own events when Redis hands them back (`origin`).
 
 While Redis cannot be reached, each process goes on serving its own sockets. What it
 could not publish is counted (`parcel_broker_unpublished_total{kind}`); the control
@@ -22,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -54,28 +57,64 @@ def deliver_safely(deliver: Deliver, event: dict[str, Any]) -> None:
         log.exception("could not deliver a %s event", event.get("kind", "malformed"))
 
 
-class LocalBroker:
-    """One process: publishing is delivering."""
+class Broker(ABC):
+    """What the hub publishes to and is delivered from. Every event reaches `deliver` on a later
+    turn of the loop than the one it was published or received in, in that order, one event's
+    failure logged as its own (`deliver_safely`)."""
 
     def __init__(self, deliver: Deliver) -> None:
         self._deliver = deliver
+        self._due: deque[dict[str, Any]] = deque()  # events waiting for this process's hub
+        self._drain_handle: asyncio.Handle | None = None
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect (if there is anything to connect to); `BrokerUnavailable` when that fails."""
+
+    @abstractmethod
+    def publish(self, event: dict[str, Any]) -> None:
+        """Hand `event` to every process's hub, this one's included; never waits."""
+
+    @abstractmethod
+    async def ping(self) -> bool | None:
+        """True when the broker answers, None when there is nothing to reach; raises when it cannot be reached."""
+
+    async def close(self) -> None:
+        """Deliver what is still due here; subclasses disconnect too."""
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+            self._drain_handle = None
+        while self._due:
+            deliver_safely(self._deliver, self._due.popleft())
+
+    def _deliver_soon(self, event: dict[str, Any]) -> None:
+        self._due.append(event)
+        if self._drain_handle is None:  # one callback a turn, however many events
+            self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_handle = None
+        # Only what was due when the turn began: what delivering publishes waits for the next turn.
+        for _ in range(len(self._due)):
+            deliver_safely(self._deliver, self._due.popleft())
+
+
+class LocalBroker(Broker):
+    """One process: publishing is delivering, on the next loop turn."""
 
     async def start(self) -> None:
         pass
 
     def publish(self, event: dict[str, Any]) -> None:
-        deliver_safely(self._deliver, event)
+        self._deliver_soon(event)
 
     async def ping(self) -> None:
         """Nothing to reach: /healthz reports the broker as "off"."""
         return None
 
-    async def close(self) -> None:
-        pass
 
-
-class RedisBroker:
-    """Several processes: every event is delivered here at once and published on one Redis channel."""
+class RedisBroker(Broker):
+    """Several processes: every event is delivered here on the next loop turn and published on one Redis channel."""
 
     def __init__(self, url: str, deliver: Deliver, *, metrics: Metrics | None = None,
                  resync: Resync | None = None) -> None:
@@ -83,13 +122,13 @@ class RedisBroker:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        super().__init__(deliver)
         timeouts = {"socket_connect_timeout": 2, "socket_timeout": 5}
         # Publishing may reconnect once, at once (a pooled connection the server closed).
         self._redis = redis.from_url(url, retry=Retry(NoBackoff(), 1), **timeouts)
         # The subscription never reconnects behind our back: every gap in it is seen, and resynced.
         self._subscriber = redis.from_url(url, retry=Retry(NoBackoff(), 0), **timeouts)
         self.origin = uuid.uuid4().hex  # this process's events, when Redis hands them back
-        self._deliver = deliver
         self._metrics = metrics
         self._resync = resync
         self._outbox: deque[dict[str, Any]] = deque()  # events waiting to be published
@@ -114,7 +153,7 @@ class RedisBroker:
         self._tasks = [asyncio.ensure_future(self._listen()), asyncio.ensure_future(self._send())]
 
     def publish(self, event: dict[str, Any]) -> None:
-        deliver_safely(self._deliver, event)  # this process's sockets never wait for Redis
+        self._deliver_soon(event)  # this process's sockets never wait for Redis
         if self._connected:
             self._outbox.append({**event, "origin": self.origin})
             self._wake.set()
@@ -220,7 +259,7 @@ class RedisBroker:
             if self._resync is not None:
                 self._resync()
         else:
-            deliver_safely(self._deliver, event)
+            self._deliver_soon(event)
 
     async def _unsubscribe(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -267,6 +306,7 @@ class RedisBroker:
         await self._unsubscribe()
         await self._subscriber.aclose()
         await self._redis.aclose()
+        await super().close()
 
 
 def _counts(counts: Counter[str]) -> str:
@@ -283,7 +323,7 @@ async def _quietly(closing: Awaitable[Any]) -> None:
 
 
 def make_broker(url: str, deliver: Deliver, *, metrics: Metrics | None = None,
-                resync: Resync | None = None) -> LocalBroker | RedisBroker:
+                resync: Resync | None = None) -> Broker:
     """Redis pub/sub when `url` is set (`resync` is called each time its subscription is back
     after a loss, and for each resent event), else in-process delivery."""
     return RedisBroker(url, deliver, metrics=metrics, resync=resync) if url else LocalBroker(deliver)

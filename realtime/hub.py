@@ -13,8 +13,12 @@ Subscribers come in three shapes, all fed from the same events:
   set the hub changes as parcels are assigned, reassigned and finished;
 - a dispatcher's board, which gets every parcel's status and, conflated to one per
   parcel per `BOARD_INTERVAL`, every location.
-Each parcel the hub publishes for has a `Journey` (realtime/journey.py): the ETA,
-geofence crossings and fix quality its broadcasts carry.
+Everything the hub holds of one parcel is in its `Channel` (realtime/channel.py):
+subscribers, state, latest location, journey (ETA, geofences, fix quality), sampling
+and the board's conflation. The hub is a registry of channels, users, route sockets
+and boards, with the two directions: events in (`publish_*`, `parcel_changed`, ...,
+onto the broker) and events out (`_deliver`, from the broker, in every process).
+The application hands it the sample writer and the metrics it reports to.
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 from models import parcels, shares, users
-from models.access import VIEWER, User, link_viewer
-from models.db import Database, from_ms, iso, now_ms, stamp, unreachable, utcnow
+from models.access import VIEWER, User, link_viewer, location_refusal
+from models.db import Database, from_ms, now_ms, stamp, unreachable, utcnow
 from models.locations import SampleWriter, thin_batch
 from realtime import protocol
 from realtime.broker import make_broker
+from realtime.channel import Channel, ParcelState, Position, Subscriber, stored_location
 from realtime.frames import text_frame
 from realtime.journey import Journey
 from realtime.metrics import Metrics
@@ -44,106 +50,41 @@ LINK_ENDED = 4401  # a share link's socket when its links are revoked or its par
 BOARD_INTERVAL = 1.0  # seconds: a board gets at most one location per parcel this often
 RESYNC_RETRY = 5  # seconds between two re-checks after a broker outage while the database does not answer
 HANDSHAKE_MEMORY = 300.0  # seconds a session's end is remembered for the handshakes in flight then
+NO_PARCELS = "you have no active parcels to share your position with"
+NOT_ON_ROUTE = "parcel_id is not one of your active parcels"
+WHOLE_ROUTE: Any = object()  # a route's fix that names no parcel (`publish_route`)
 
 
-class Subscriber(Protocol):
-    user: User
-    kind: str  # "tracking", "driver" (a route) or "dispatch" (a board)
+class Route(Subscriber, Protocol):
+    """A driver's route socket (handlers/fleet.py)."""
 
-    def send_text(self, text: str) -> None: ...
-
-    def send_frame(self, frame: bytes) -> None: ...
-
-    def revoke(self, message: str, code: int = ...) -> None: ...
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
-
-
-class RouteSocket(Subscriber, Protocol):
     parcels: list[int]  # the driver's active parcels, in route order: the hub keeps it
-
-
-def stored_location(parcel: dict[str, Any]) -> dict[str, Any] | None:
-    """A parcel's stored last location as a location_update (the snapshot when none is live)."""
-    last = parcel.get("last_location")
-    if not last:
-        return None
-    location = {"lat": last["lat"], "lng": last["lng"], "address": last.get("address", "")}
-    driver_id = last.get("driver_id", parcel.get("driver_id"))
-    return protocol.location_message(parcel["_id"], driver_id, location, iso(last["timestamp"]))
-
-
-@dataclass(frozen=True)
-class ParcelState:
-    """What the hub knows of a parcel with subscribers, for every message's check."""
-
-    driver_id: int | None
-    status: str
-    checked: float  # when it was last read from the database (time.monotonic)
-    pickup: dict[str, Any]
-    destination: dict[str, Any]
-    parcel_id: int = 0
-    owner_id: int | None = None
-    stored: dict[str, Any] | None = None  # its stored last location, as a location_update, when read
-    shown_from: str | None = None  # a share link shows positions from this time on (models.shares.position_since)
-
-    @classmethod
-    def of(cls, parcel: dict[str, Any]) -> ParcelState:
-        return cls(parcel.get("driver_id"), parcel["status"], time.monotonic(), parcel["pickup"],
-                   parcel["destination"], parcel["_id"], parcel.get("owner_id"), stored_location(parcel),
-                   shares.position_since_text(parcel, utcnow()))
-
-    def parcel(self) -> dict[str, Any]:
-        """The parcel as far as a socket's checks need it (models.access.can_view)."""
-        return {"_id": self.parcel_id, "owner_id": self.owner_id, "driver_id": self.driver_id,
-                "status": self.status, "pickup": self.pickup, "destination": self.destination}
-
-    @property
-    def finished(self) -> bool:
-        return self.status in parcels.FINISHED
-
-
-@dataclass(frozen=True)
-class Position:
-    """A driver's accepted location not yet written to the history."""
-
-    driver_id: int
-    location: dict[str, Any]
-    ms: int  # when it was accepted, in milliseconds since the epoch
 
 
 class Hub:
     """`state_ttl`: how long the hub trusts its copy of a parcel's driver and status
     before it re-reads it, so that a change made by another process (the CLI) lands."""
 
-    def __init__(self, db: Database, writer: SampleWriter, *, sample_every: int, broker_url: str,
-                 state_ttl: float, shutdown_timeout: float, geofence_radius_m: float,
-                 metrics: Metrics | None = None) -> None:
+    WHOLE_ROUTE = WHOLE_ROUTE  # for the route socket: its fix names no parcel
+
+    def __init__(self, db: Database, writer: SampleWriter, metrics: Metrics, *, sample_every: int,
+                 broker_url: str, state_ttl: float, shutdown_timeout: float, geofence_radius_m: float) -> None:
         self.db = db
-        self.metrics = metrics or Metrics()
-        self.metrics.watch(self)
+        self.metrics = metrics
         self.writer = writer
         self.sample_every = sample_every
         self.state_ttl = state_ttl
         self.shutdown_timeout = shutdown_timeout
         self.geofence_radius_m = geofence_radius_m
-        self.broker = make_broker(broker_url, self._deliver, metrics=self.metrics, resync=self._resync_soon)
+        self.broker = make_broker(broker_url, self._deliver, metrics=metrics, resync=self._resync_soon)
+        self._channels: dict[int, Channel] = {}
         self._link_versions: WeakKeyDictionary[Subscriber, int] = WeakKeyDictionary()  # share sockets' link versions
         self._resync_wanted = False
         self._resyncing: asyncio.Task | None = None
-        self._subscribers: dict[int, set[Subscriber]] = {}
+        self._refresh_due = False  # a batch of re-reads (`_refresh`) is scheduled
         self._by_user: dict[int, set[Subscriber]] = {}
-        self._routes: dict[int, set[RouteSocket]] = {}  # a driver's route sockets, by driver id
+        self._routes: dict[int, set[Route]] = {}  # a driver's route sockets, by driver id
         self._boards: set[Subscriber] = set()
-        self._states: dict[int, ParcelState] = {}
-        self._latest: dict[int, dict[str, Any]] = {}  # the latest location_update of each parcel
-        self._journeys: dict[int, Journey] = {}
-        self._accepted: dict[int, int] = {}
-        self._unsaved: dict[int, Position] = {}
-        self._batch_newest: dict[int, datetime] = {}  # the newest offline-batch fix stored of each parcel
-        self._board_sent: dict[int, float] = {}  # when each parcel's location last went to the boards
-        self._board_waiting: dict[int, bytes] = {}  # the latest location frame held back from the boards
-        self._stale: set[int] = set()  # parcels whose copy is being re-read
         self._users: dict[int, tuple[User, float]] = {}  # users seen at handshakes, with when
         self._ends = 0  # sessions (and share links) ended so far: a handshake's mark (`session_mark`)
         self._ended: dict[int, tuple[int, float]] = {}  # user id → the end's number and when
@@ -160,13 +101,48 @@ class Hub:
                 subscriber.close(1001, "the server is restarting")
 
     async def stop(self) -> None:
-        """Write every driver's unsaved last position, then everything queued."""
-        for parcel_id in list(self._unsaved):
-            self._save_unsaved(parcel_id)
+        """Stop the background re-reads (the database client closes next), then write every
+        driver's unsaved last position and everything queued."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in list(self._channels.values()):
+            if channel.unsaved is not None:
+                self._save_unsaved(channel)
         await self.writer.drain(self.shutdown_timeout)
         await self.broker.close()
 
-    # -- subscribers -------------------------------------------------------
+    # -- channels --------------------------------------------------------------
+
+    def channel(self, parcel_id: int) -> Channel | None:
+        """The parcel's channel, if the hub holds anything of it."""
+        return self._channels.get(parcel_id)
+
+    def _open(self, parcel_id: int) -> Channel:
+        channel = self._channels.get(parcel_id)
+        if channel is None:
+            channel = self._channels[parcel_id] = Channel(parcel_id)
+        return channel
+
+    def _release(self, channel: Channel | None) -> None:
+        """The one place a channel is dropped: once it is idle (realtime/channel.py)."""
+        if channel is not None and channel.idle and self._channels.get(channel.parcel_id) is channel:
+            del self._channels[channel.parcel_id]
+
+    def _spawn(self, work: Awaitable[None], doing: str) -> asyncio.Task:
+        """Run `work` in the background; a failure is logged here, as `doing` failing."""
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s failed", doing)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- users -------------------------------------------------------------------
 
     def known_user(self, user_id: int) -> User | None:
         """A user read for a handshake within `state_ttl` (their sessions ending forgets them at once)."""
@@ -197,25 +173,28 @@ class Hub:
         self._ends += 1
         self._ended[user_id] = (self._ends, now)
 
+    # -- subscribers -------------------------------------------------------
+
     def known(self, parcel_id: int) -> ParcelState | None:
         """What the hub holds of a parcel, if it was read or kept up to date within `state_ttl`
         (a socket's handshake then needs no database read)."""
-        state = self._states.get(parcel_id)
+        channel = self._channels.get(parcel_id)
+        state = channel.state if channel is not None else None
         return state if state is not None and time.monotonic() - state.checked <= self.state_ttl else None
 
     def subscribe(self, subscriber: Subscriber, parcel: dict[str, Any], loaded: bool = True) -> str | None:
         """Add a subscriber of a parcel just read from the database (`loaded`) or `known()`;
         returns the snapshot to send it (the latest location), if any."""
-        parcel_id = parcel["_id"]
-        self._subscribers.setdefault(parcel_id, set()).add(subscriber)
+        channel = self._open(parcel["_id"])
+        channel.subscribers.add(subscriber)
         self._by_user.setdefault(subscriber.user.id, set()).add(subscriber)
         if subscriber.user.role == VIEWER:  # its link's version is the parcel's it was checked against
             self._link_versions[subscriber] = shares.version(parcel)
-        if loaded or parcel_id not in self._states:
-            self._states[parcel_id] = ParcelState.of(parcel)
-        latest = self._latest.get(parcel_id) or self._states[parcel_id].stored
+        if loaded or channel.state is None:
+            channel.state = ParcelState.of(parcel)
+        latest = channel.latest or channel.state.stored
         if subscriber.user.role == VIEWER:
-            return protocol.encode(latest, viewer=True) if self._link_shows(parcel_id, latest) else None
+            return protocol.encode(latest, viewer=True) if self._link_shows(channel, latest) else None
         return latest and protocol.encode(latest)
 
     def unsubscribe(self, subscriber: Subscriber, parcel_id: int | None = None) -> None:
@@ -234,15 +213,16 @@ class Hub:
                     del self._by_user[subscriber.user.id]
 
     def _remove(self, subscriber: Subscriber, parcel_id: int) -> None:
-        subscribers = self._subscribers.get(parcel_id)
-        if subscribers is None:
+        channel = self._channels.get(parcel_id)
+        if channel is None:
             return
-        subscribers.discard(subscriber)
-        if not subscribers:
-            del self._subscribers[parcel_id]
-            self._states.pop(parcel_id, None)
+        channel.subscribers.discard(subscriber)
+        if not channel.subscribers:
+            channel.state = None
+            channel.stale = False
+            self._release(channel)
 
-    def join_route(self, socket: RouteSocket, active: list[dict[str, Any]]) -> None:
+    def join_route(self, socket: Route, active: list[dict[str, Any]]) -> None:
         """A driver's route socket: a subscriber of each of their active parcels, from now on
         of every parcel assigned to them, until it is finished or reassigned."""
         self._routes.setdefault(socket.user.id, set()).add(socket)
@@ -251,14 +231,16 @@ class Hub:
         for parcel in active:
             self._add_to_route(socket, parcel["_id"], ParcelState.of(parcel))
 
-    def _add_to_route(self, socket: RouteSocket, parcel_id: int, state: ParcelState) -> None:
+    def _add_to_route(self, socket: Route, parcel_id: int, state: ParcelState) -> None:
         if parcel_id in socket.parcels:
             return
         socket.parcels.append(parcel_id)
-        self._subscribers.setdefault(parcel_id, set()).add(socket)
-        self._states.setdefault(parcel_id, state)
+        channel = self._open(parcel_id)
+        channel.subscribers.add(socket)
+        if channel.state is None:
+            channel.state = state
 
-    def _leave_route(self, socket: RouteSocket) -> None:
+    def _leave_route(self, socket: Route) -> None:
         mine = self._routes.get(socket.user.id)
         if mine is not None:
             mine.discard(socket)
@@ -275,7 +257,7 @@ class Hub:
         self._by_user.setdefault(board.user.id, set()).add(board)
         entries = []
         for parcel in active:
-            latest = self._latest.get(parcel["_id"]) or stored_location(parcel)
+            latest = self.latest_location(parcel["_id"]) or stored_location(parcel)
             entries.append(protocol.board_entry(
                 parcel["_id"], parcel["status"], parcel.get("driver_id"),
                 latest["location"] if latest else None, latest["timestamp"] if latest else None,
@@ -283,7 +265,8 @@ class Hub:
         return protocol.board(entries)
 
     def subscriber_count(self, parcel_id: int) -> int:
-        return len(self._subscribers.get(parcel_id, ()))
+        channel = self._channels.get(parcel_id)
+        return len(channel.subscribers) if channel is not None else 0
 
     def open_sockets(self) -> dict[tuple[str, str], int]:
         """Open subscribers by (kind, role), for /metrics."""
@@ -296,32 +279,33 @@ class Hub:
 
     def latest_location(self, parcel_id: int) -> dict[str, Any] | None:
         """The latest location_update broadcast for a parcel this process has seen, if any."""
-        return self._latest.get(parcel_id)
-
-    def route(self, driver_socket: RouteSocket) -> list[tuple[int, ParcelState]]:
-        """The parcels a route socket's fix goes to now, with what the hub knows of each."""
-        return [(parcel_id, self.parcel_state(parcel_id)) for parcel_id in driver_socket.parcels]
+        channel = self._channels.get(parcel_id)
+        return channel.latest if channel is not None else None
 
     def parcel_state(self, parcel_id: int) -> ParcelState:
         """The driver and status of a parcel with subscribers.
 
         Read from memory (this is every message's check); copies older than `state_ttl`
         are refreshed from the database in the background, all of them in one batch."""
-        state = self._states[parcel_id]
+        channel = self._channels[parcel_id]
+        state = channel.state
+        assert state is not None, "a parcel with subscribers has a state"
         if time.monotonic() - state.checked > self.state_ttl:
-            self._states[parcel_id] = replace(state, checked=time.monotonic())
-            self._stale.add(parcel_id)
-            if len(self._stale) == 1:
-                task = asyncio.ensure_future(self._refresh())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            channel.state = replace(state, checked=time.monotonic())
+            channel.stale = True
+            if not self._refresh_due:
+                self._refresh_due = True
+                self._spawn(self._refresh(), "re-reading the parcels whose copy is stale")
         return state
 
     async def _refresh(self) -> None:
         """Re-read the stale parcels (a few `$in` queries), and apply what another process
         (the CLI, without Redis) changed."""
         await asyncio.sleep(0)  # let this moment's other stale parcels join the batch
-        stale, self._stale = sorted(self._stale), set()
+        self._refresh_due = False
+        stale = sorted(channel.parcel_id for channel in self._channels.values() if channel.stale)
+        for parcel_id in stale:
+            self._channels[parcel_id].stale = False
         try:
             found = await parcels.get_parcels(self.db, stale)
         except Exception as e:  # the database: tried again once the copies are stale again
@@ -330,7 +314,8 @@ class Hub:
             log.warning("could not re-read %d parcels: %s", len(stale), str(e)[:120])
             return
         for parcel_id in stale:
-            parcel, state = found.get(parcel_id), self._states.get(parcel_id)
+            parcel, channel = found.get(parcel_id), self._channels.get(parcel_id)
+            state = channel.state if channel is not None else None
             if parcel is None or state is None:
                 continue
             if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
@@ -344,20 +329,56 @@ class Hub:
         offline batch (`recorded_at`) is already stored, so it is only broadcast, and only
         when it is newer than the newest the parcel has, live or stored (after a restart the
         stored last location is all the hub knows)."""
-        state = self._states[parcel_id]
+        self._publish(self._channels[parcel_id], driver_id, location, recorded_at)
+
+    def store_batch(self, parcel_id: int, driver_id: int, fixes: list[tuple[dict[str, Any], datetime]]) -> None:
+        """An offline batch: its fixes go to the history at their own times, thinned
+        (`thin_batch`: a replay stores nothing, a flood about one row a second of recorded
+        time); the newest is broadcast if it is newer than anything the parcel has."""
+        self._store_batch(self._channels[parcel_id], driver_id, fixes)
+
+    def publish_route(self, socket: Route, location: dict[str, Any], named: Any = WHOLE_ROUTE) -> None:
+        """A route socket's fix, to each of the driver's parcels they may send for now (or to
+        the one its `parcel_id` names); ProtocolError when there is none."""
+        for channel in self._route_targets(socket, named):
+            self._publish(channel, socket.user.id, location)
+
+    def store_route_batch(self, socket: Route, fixes: list[tuple[dict[str, Any], datetime]],
+                          named: Any = WHOLE_ROUTE) -> None:
+        """A route socket's offline batch, as `store_batch` for each parcel `publish_route` would reach."""
+        for channel in self._route_targets(socket, named):
+            self._store_batch(channel, socket.user.id, fixes)
+
+    def _route_targets(self, socket: Route, named: Any) -> list[Channel]:
+        route = [(parcel_id, self.parcel_state(parcel_id)) for parcel_id in socket.parcels]
+        if named is not WHOLE_ROUTE:
+            route = [(pid, state) for pid, state in route if pid == named and not isinstance(named, bool)]
+            if not route:
+                raise protocol.ProtocolError(NOT_ON_ROUTE)
+        # a route skips a parcel reassigned or finished a moment ago
+        allowed = [self._channels[pid] for pid, state in route if location_refusal(socket.user, state) is None]
+        if not allowed:
+            raise protocol.ProtocolError(NO_PARCELS)
+        return allowed
+
+    def _publish(self, channel: Channel, driver_id: int, location: dict[str, Any],
+                 recorded_at: datetime | None = None) -> None:
+        state = channel.state
+        assert state is not None, "a parcel with subscribers has a state"
         if recorded_at is None:
             ms = now_ms()
-            self._sample(parcel_id, Position(driver_id, location, ms))
+            self._sample(channel, Position(driver_id, location, ms))
         else:
             ms = round(recorded_at.timestamp() * 1000)
         when = stamp(ms)
         if recorded_at is not None and any(known is not None and known["timestamp"] >= when
-                                           for known in (self._latest.get(parcel_id), state.stored)):
+                                           for known in (channel.latest, state.stored)):
             return
-        journey = self._journeys.get(parcel_id)
-        if journey is None:
-            journey = self._journeys[parcel_id] = Journey(state.pickup, state.destination, self.geofence_radius_m)
-        seen = journey.observe(location["lat"], location["lng"], ms / 1000, state.status, location.get("accuracy"))
+        if channel.journey is None:
+            channel.journey = Journey(state.pickup, state.destination, self.geofence_radius_m)
+        seen = channel.journey.observe(location["lat"], location["lng"], ms / 1000, state.status,
+                                       location.get("accuracy"))
+        parcel_id = channel.parcel_id
         self.broker.publish({
             "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
             "message": protocol.location_message(parcel_id, driver_id, location, when, seen.eta, seen.low_quality),
@@ -366,32 +387,29 @@ class Hub:
             self.broker.publish({"kind": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
                                  "timestamp": when})
 
-    def store_batch(self, parcel_id: int, driver_id: int, fixes: list[tuple[dict[str, Any], datetime]]) -> None:
-        """An offline batch: its fixes go to the history at their own times, thinned
-        (`thin_batch`: a replay stores nothing, a flood about one row a second of recorded
-        time); the newest is broadcast if it is newer than anything the parcel has."""
-        kept = thin_batch(fixes, self._batch_newest.get(parcel_id))
+    def _store_batch(self, channel: Channel, driver_id: int, fixes: list[tuple[dict[str, Any], datetime]]) -> None:
+        kept = thin_batch(fixes, channel.batch_newest)
         for location, recorded_at in kept:
-            self.writer.add(parcel_id, driver_id, location, recorded_at)
+            self.writer.add(channel.parcel_id, driver_id, location, recorded_at)
         if kept:
-            self._batch_newest[parcel_id] = kept[-1][1]
+            channel.batch_newest = kept[-1][1]
         location, recorded_at = fixes[-1]
-        self.publish_location(parcel_id, driver_id, location, recorded_at)
+        self._publish(channel, driver_id, location, recorded_at)
 
-    def _sample(self, parcel_id: int, position: Position) -> None:
-        count = self._accepted.get(parcel_id, 0) + 1
-        self._accepted[parcel_id] = count
-        if count % self.sample_every == 0:
-            self._unsaved.pop(parcel_id, None)
-            self.writer.add(parcel_id, position.driver_id, position.location, from_ms(position.ms))
+    def _sample(self, channel: Channel, position: Position) -> None:
+        channel.accepted += 1
+        if channel.accepted % self.sample_every == 0:
+            channel.unsaved = None
+            self.writer.add(channel.parcel_id, position.driver_id, position.location, from_ms(position.ms))
         else:
-            self._unsaved[parcel_id] = position
+            channel.unsaved = position
 
     def driver_left(self, parcel_id: int, driver_id: int) -> None:
         """A driver's socket closed: their latest accepted update is written too."""
-        unsaved = self._unsaved.get(parcel_id)
-        if unsaved and unsaved.driver_id == driver_id:
-            self._save_unsaved(parcel_id)
+        channel = self._channels.get(parcel_id)
+        if channel is not None and channel.unsaved and channel.unsaved.driver_id == driver_id:
+            self._save_unsaved(channel)
+            self._release(channel)
 
     def parcel_changed(self, parcel: dict[str, Any], previous_driver_id: int | None = None) -> None:
         """A parcel's status or driver changed: tell its subscribers, cut off a replaced driver,
@@ -412,9 +430,10 @@ class Hub:
         """A parcel's share links were revoked: close their sockets (4401), in every process."""
         self.broker.publish({"kind": "links", "parcel_id": parcel_id})
 
-    def _save_unsaved(self, parcel_id: int) -> None:
-        position = self._unsaved.pop(parcel_id)
-        self.writer.add(parcel_id, position.driver_id, position.location, from_ms(position.ms))
+    def _save_unsaved(self, channel: Channel) -> None:
+        position, channel.unsaved = channel.unsaved, None
+        if position is not None:
+            self.writer.add(channel.parcel_id, position.driver_id, position.location, from_ms(position.ms))
 
     # -- events out (from the broker, in every process) -----------------------
 
@@ -425,20 +444,22 @@ class Hub:
         parcel_id = event["parcel_id"]
         if kind == "location":
             message = event["message"]
-            self._latest[parcel_id] = message
+            channel = self._open(parcel_id)
+            channel.latest = message
             frame = text_frame(protocol.encode(message))
-            self._send_frame(parcel_id, frame, message)
+            self._send_frame(channel, frame, message)
             if self._boards:
-                self._to_boards(parcel_id, frame)
+                self._to_boards(channel, frame)
             self.metrics.broadcast_latency.observe(max(0.0, time.time() - event["accepted"]))
         elif kind == "geofence":
             self._send(parcel_id, protocol.geofence(parcel_id, event["zone"], event["event"], event["timestamp"]))
         elif kind == "links":
             self._close_links(parcel_id, shares.GONE)
         else:
-            self._parcel_changed(parcel_id, event)
+            self._apply_parcel_event(parcel_id, event)
 
-    def _parcel_changed(self, parcel_id: int, event: dict[str, Any]) -> None:
+    def _apply_parcel_event(self, parcel_id: int, event: dict[str, Any]) -> None:
+        """A parcel's status or driver changed (`parcel_changed`, in whichever process)."""
         status, driver_id, now = event["status"], event["driver_id"], utcnow()
         self._apply_change(parcel_id, driver_id, status, event.get("shown_from"))
         if event["revoke_driver_id"] is not None:
@@ -452,7 +473,8 @@ class Hub:
                     self._add_to_route(socket, parcel_id, state)
                     socket.send_text(protocol.route_changed(socket.parcels))
         self._send(parcel_id, protocol.status(parcel_id, status, now))
-        for socket in [s for s in self._subscribers.get(parcel_id, ()) if s.kind == "driver"]:
+        channel = self._channels.get(parcel_id)
+        for socket in [s for s in (channel.subscribers if channel else ()) if s.kind == "driver"]:
             if finished or socket.user.id != driver_id:
                 self._drop_from_route(socket, parcel_id)
         if finished:
@@ -460,19 +482,21 @@ class Hub:
         if self._boards:
             self._tell_boards(text_frame(protocol.status(parcel_id, status, now, driver_id,
                                                          (event["pickup"], event["destination"]))))
+        self._release(self._channels.get(parcel_id))
 
     def _send(self, parcel_id: int, text: str) -> None:
-        self._send_frame(parcel_id, text_frame(text))
+        channel = self._channels.get(parcel_id)
+        if channel is not None:
+            self._send_frame(channel, text_frame(text))
 
-    def _send_frame(self, parcel_id: int, frame: bytes, message: dict[str, Any] | None = None) -> None:
+    def _send_frame(self, channel: Channel, frame: bytes, message: dict[str, Any] | None = None) -> None:
         """One frame to every subscriber of the parcel; a viewer gets `message` without user ids."""
-        subscribers = list(self._subscribers.get(parcel_id, ()))
         viewer_frame = None
         sent = 0
-        for subscriber in subscribers:
+        for subscriber in list(channel.subscribers):
             if message is not None and subscriber.user.role == VIEWER:
                 if viewer_frame is None:
-                    shown = self._link_shows(parcel_id, message)
+                    shown = self._link_shows(channel, message)
                     viewer_frame = text_frame(protocol.encode(message, viewer=True)) if shown else b""
                 if viewer_frame:
                     subscriber.send_frame(viewer_frame)
@@ -482,37 +506,41 @@ class Hub:
                 sent += 1
         self.metrics.broadcasts_out.inc(sent)
 
-    def _link_shows(self, parcel_id: int, message: dict[str, Any] | None) -> bool:
+    def _link_shows(self, channel: Channel, message: dict[str, Any] | None) -> bool:
         """May a share link's viewer see this location_update? Only one of the time from which
         the parcel's link shows the truck (models.shares.position_since: while in_transit)."""
-        state = self._states.get(parcel_id)
+        state = channel.state
         return message is not None and state is not None and shares.may_show(state.shown_from, message["timestamp"])
 
-    def _to_boards(self, parcel_id: int, frame: bytes) -> None:
+    def _to_boards(self, channel: Channel, frame: bytes) -> None:
         """A location for the boards, conflated: at most one per parcel per BOARD_INTERVAL,
         the latest one waiting sent when the interval ends."""
         now = time.monotonic()
-        due = self._board_sent.get(parcel_id, -BOARD_INTERVAL) + BOARD_INTERVAL
-        if now >= due and parcel_id not in self._board_waiting:
-            self._board_sent[parcel_id] = now
+        due = (channel.board_sent if channel.board_sent is not None else -BOARD_INTERVAL) + BOARD_INTERVAL
+        if now >= due and channel.board_waiting is None:
+            channel.board_sent = now
             self._tell_boards(frame)
             return
-        if parcel_id not in self._board_waiting:
-            asyncio.get_running_loop().call_later(max(0.0, due - now), self._board_flush, parcel_id)
-        self._board_waiting[parcel_id] = frame
+        if channel.board_waiting is None:
+            asyncio.get_running_loop().call_later(max(0.0, due - now), self._board_flush, channel)
+        channel.board_waiting = frame
 
-    def _board_flush(self, parcel_id: int) -> None:
-        frame = self._board_waiting.pop(parcel_id, None)
-        if frame is not None:
-            self._board_sent[parcel_id] = time.monotonic()
-            self._tell_boards(frame)
+    def _board_flush(self, channel: Channel) -> None:
+        try:
+            frame, channel.board_waiting = channel.board_waiting, None
+            if frame is not None:
+                channel.board_sent = time.monotonic()
+                self._tell_boards(frame)
+            self._release(channel)
+        except Exception:
+            log.exception("could not send parcel %d's held location to the boards", channel.parcel_id)
 
     def _tell_boards(self, frame: bytes) -> None:
         for board in list(self._boards):
             board.send_frame(frame)
         self.metrics.broadcasts_out.inc(len(self._boards))
 
-    def _drop_from_route(self, socket: RouteSocket, parcel_id: int) -> None:
+    def _drop_from_route(self, socket: Route, parcel_id: int) -> None:
         """A parcel leaves a driver's route (finished, or reassigned): their position there is saved."""
         if parcel_id in socket.parcels:
             socket.parcels.remove(parcel_id)
@@ -522,47 +550,45 @@ class Hub:
 
     def _close_links(self, parcel_id: int, reason: str) -> None:
         self._note_ended(link_viewer(parcel_id).id)
-        for subscriber in [s for s in self._subscribers.get(parcel_id, ()) if s.user.role == VIEWER]:
+        channel = self._channels.get(parcel_id)
+        for subscriber in [s for s in (channel.subscribers if channel else ()) if s.user.role == VIEWER]:
             self.unsubscribe(subscriber, parcel_id)
             subscriber.revoke(reason, LINK_ENDED)
 
     def _apply_change(self, parcel_id: int, driver_id: int | None, status: str, shown_from: str | None) -> None:
         """Remember a parcel's new driver, status and what its share links show; once it is
         finished, save its final position and forget its journey."""
-        state = self._states.get(parcel_id)
+        channel = self._channels.get(parcel_id)
+        if channel is None:
+            return
+        finished = status in parcels.FINISHED
+        state = channel.state
         if state is not None:
-            stored = self._latest.get(parcel_id, state.stored) if status in parcels.FINISHED else state.stored
-            self._states[parcel_id] = replace(state, driver_id=driver_id, status=status, stored=stored,
-                                              shown_from=shown_from)
-        if status in parcels.FINISHED:
-            if parcel_id in self._unsaved:
-                self._save_unsaved(parcel_id)
-            self._accepted.pop(parcel_id, None)
-            self._batch_newest.pop(parcel_id, None)
-            self._forget_position(parcel_id)
-            self._board_sent.pop(parcel_id, None)
-
-    def _forget_position(self, parcel_id: int) -> None:
-        """The driver's position is no longer the parcel's (it finished, or has another driver):
-        no snapshot, journey or held board update of it is sent later."""
-        self._latest.pop(parcel_id, None)
-        self._journeys.pop(parcel_id, None)
-        self._board_waiting.pop(parcel_id, None)
+            stored = state.stored
+            if finished and channel.latest is not None:
+                stored = channel.latest
+            channel.state = replace(state, driver_id=driver_id, status=status, stored=stored, shown_from=shown_from)
+        if finished:
+            self._save_unsaved(channel)
+            channel.finish()
 
     def _end_sessions(self, user_id: int) -> None:
         self._users.pop(user_id, None)
         self._note_ended(user_id)
         for subscriber in list(self._by_user.get(user_id, ())):
-            for parcel_id in [p for p, subs in self._subscribers.items() if subscriber in subs]:
-                self._remove(subscriber, parcel_id)
+            for channel in [c for c in self._channels.values() if subscriber in c.subscribers]:
+                self._remove(subscriber, channel.parcel_id)
             self.unsubscribe(subscriber)
             subscriber.revoke("your session has ended; log in again", SESSION_ENDED)
 
     def _revoke_driver(self, parcel_id: int, driver_id: int) -> None:
         """A replaced driver's parcel sockets are closed (4403); their position is not the
         parcel's now. (Their route socket only drops the parcel.)"""
-        self._forget_position(parcel_id)
-        for subscriber in list(self._subscribers.get(parcel_id, ())):
+        channel = self._channels.get(parcel_id)
+        if channel is None:
+            return
+        channel.forget_position()
+        for subscriber in list(channel.subscribers):
             if subscriber.kind == "tracking" and subscriber.user.role == "driver" and subscriber.user.id == driver_id:
                 self.unsubscribe(subscriber, parcel_id)
                 subscriber.revoke("you are no longer assigned to this parcel")
@@ -575,9 +601,7 @@ class Hub:
         meanwhile, and once more for calls that come while it runs."""
         self._resync_wanted = True
         if self._resyncing is None or self._resyncing.done():
-            self._resyncing = asyncio.ensure_future(self._resync_while_wanted())
-            self._tasks.add(self._resyncing)
-            self._resyncing.add_done_callback(self._tasks.discard)
+            self._resyncing = self._spawn(self._resync_while_wanted(), "re-checking after the broker's outage")
 
     async def _resync_while_wanted(self) -> None:
         while self._resync_wanted:
@@ -612,17 +636,19 @@ class Hub:
     async def _resync_parcels(self) -> tuple[int, int]:
         """Every parcel with subscribers: a new driver or status is applied as `_refresh` does;
         share sockets of links revoked meanwhile are closed (4401). Returns how many of each."""
-        found = await parcels.get_parcels(self.db, list(self._subscribers))
+        watched = [channel.parcel_id for channel in self._channels.values() if channel.subscribers]
+        found = await parcels.get_parcels(self.db, watched)
         changed = closed = 0
         for parcel_id, parcel in found.items():
-            state = self._states.get(parcel_id)
-            if state is None:  # its last subscriber left meanwhile
+            channel = self._channels.get(parcel_id)
+            state = channel.state if channel is not None else None
+            if channel is None or state is None:  # its last subscriber left meanwhile
                 continue
             if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
                 self.parcel_changed(parcel, previous_driver_id=state.driver_id)
                 changed += 1
             version = shares.version(parcel)
-            for viewer in [s for s in self._subscribers.get(parcel_id, ()) if s.user.role == VIEWER]:
+            for viewer in [s for s in channel.subscribers if s.user.role == VIEWER]:
                 if self._link_versions.get(viewer, version) < version:
                     self.unsubscribe(viewer, parcel_id)
                     viewer.revoke(shares.GONE, LINK_ENDED)
@@ -654,7 +680,8 @@ class Hub:
             for socket in list(self._routes.get(driver_id, ())):
                 before = list(socket.parcels)
                 for parcel in active:
-                    state = self._states.get(parcel["_id"])
+                    channel = self._channels.get(parcel["_id"])
+                    state = channel.state if channel is not None else None
                     if state is None or state.driver_id == driver_id:  # not reassigned since the read
                         self._add_to_route(socket, parcel["_id"], ParcelState.of(parcel))
                 if socket.parcels != before:

@@ -1,9 +1,10 @@
-"""Limits per user and per address, across all of a user's sockets (docs/protocol.md, "Limits").
+"""Limits per user and per address, across all of a user's sockets (docs/security.md, "Limits").
 
-One socket may send 10 location messages a second (the socket handler counts that);
-these count what a user does through all their sockets together, so that opening
-more sockets buys no more: messages a second, and sockets open at once (also per
-address, for tokens shared out). They hold for one process.
+One socket may send `Settings.rate_limit` location messages a second (the socket handler
+counts that); these count what a user does through all their sockets together, so that
+opening more sockets buys no more: messages a second, and sockets open at once (also per
+address, for tokens shared out). They hold for one process; their numbers are the
+Settings fields `user_messages_per_second`, `user_sockets` and `address_sockets`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,9 @@ import time
 from collections import deque
 from ipaddress import ip_address
 
-USER_MESSAGES_PER_SECOND = 20  # location messages, all of a user's sockets together
-USER_SOCKETS = 100  # open at once (a dispatcher watching many parcels one socket each)
-ADDRESS_SOCKETS = 1000  # open at once from one address (a depot's phones may share one); loopback is exempt
-
 
 class Limits:
-    def __init__(self, user_messages: int = USER_MESSAGES_PER_SECOND, user_sockets: int = USER_SOCKETS,
-                 address_sockets: int = ADDRESS_SOCKETS) -> None:
+    def __init__(self, user_messages: int, user_sockets: int, address_sockets: int) -> None:
         self.user_messages = user_messages
         self.user_sockets = user_sockets
         self.address_sockets = address_sockets

@@ -1,23 +1,33 @@
 """What /metrics reports (docs/protocol.md, "Operating it"), through prometheus_client.
 
 Counters and the latency histogram are kept as things happen; the current figures
-(open sockets, samples queued) are read from the hub and the sample writer when
-Prometheus asks, so nothing is counted twice. One registry per application, so that
-each app (and each test) has its own.
+(open sockets, samples queued) are read when Prometheus asks, through what the
+application hands `watch` (the hub's `open_sockets`, the sample writer), so nothing is
+counted twice. One registry per application, so that each app (and each test) has its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-if TYPE_CHECKING:
-    from realtime.hub import Hub
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+OpenSockets = Callable[[], Mapping[tuple[str, str], int]]  # open sockets by (kind, role)
+
+
+class SampleCounts(Protocol):
+    """The sample writer's figures (models.locations.SampleWriter)."""
+
+    @property
+    def queued(self) -> int: ...
+
+    written: int
+    dropped: int
+    errors: int
 
 
 class Metrics:
@@ -37,12 +47,10 @@ class Metrics:
         self.broker_unpublished = Counter("parcel_broker_unpublished", "Events that could not be published to the "
                                           "broker (delivered in this process only)", ["kind"], registry=self.registry)
         self.broker_outages = Counter("parcel_broker_outages", "Times the broker was lost", registry=self.registry)
-        self._hub: Hub | None = None
 
-    def watch(self, hub: Hub) -> None:
-        """Report the hub's sockets and its writer's queue at every scrape."""
-        self._hub = hub
-        self.registry.register(_Live(self))
+    def watch(self, open_sockets: OpenSockets, samples: SampleCounts) -> None:
+        """Report these open sockets and the sample writer's figures at every scrape."""
+        self.registry.register(_Live(open_sockets, samples))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -51,21 +59,19 @@ class Metrics:
 class _Live:
     """The figures read when Prometheus asks."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, open_sockets: OpenSockets, samples: SampleCounts) -> None:
+        self.open_sockets = open_sockets
+        self.samples = samples
 
     def describe(self) -> list[Metric]:
         return []  # unknown until collected: no name clash is possible with the counters above
 
     def collect(self) -> Iterator[Metric]:
-        hub = self.metrics._hub
-        if hub is None:
-            return
         sockets = GaugeMetricFamily("parcel_sockets_open", "Open sockets", labels=["kind", "role"])
-        for (kind, role), count in sorted(hub.open_sockets().items()):
+        for (kind, role), count in sorted(self.open_sockets().items()):
             sockets.add_metric([kind, role], count)
         yield sockets
-        writer = hub.writer
+        writer = self.samples
         yield GaugeMetricFamily("parcel_samples_queued", "Samples waiting to be written", value=writer.queued)
         yield CounterMetricFamily("parcel_samples_written", "Samples written to the history", value=writer.written)
         yield CounterMetricFamily("parcel_samples_dropped", "Samples dropped from a full queue", value=writer.dropped)

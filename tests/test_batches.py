@@ -19,7 +19,7 @@ import pytest
 from models.db import iso, parse_iso
 from models.locations import BATCH_SPACING
 from tests.conftest import World, body, location, recv, settings
-from tests.test_tracking_socket import (
+from tests.helpers import (
     Scene,
     another_server,
     expect_update,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import World, location, recv
-from tests.test_tracking_socket import expect_closed, expect_error, expect_update, nothing_arrives, subscribed
+from tests.helpers import expect_closed, expect_error, expect_update, nothing_arrives, subscribed
 
 
 async def board(world: World, dispatcher):

@@ -19,6 +19,7 @@ import pytest
 import redis
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from realtime.broker import Broker, make_broker
 from tests.conftest import location, recv
 from tests.process import Server, app_env, free_port, run_cli
 
@@ -374,3 +375,30 @@ async def crossing(driver: WebSocketClientConnection, watcher: WebSocketClientCo
         except TimeoutError:
             continue
     pytest.fail(f"no fix reached the other process within {within} s")
+
+
+# -- the in-process broker: what every broker does for this process's own hub -----------------
+
+
+@pytest.mark.gen_test
+async def test_the_local_broker_delivers_on_the_next_loop_turn_in_order(caplog):
+    delivered: list[int] = []
+
+    def deliver(event: dict[str, Any]) -> None:
+        if event["n"] == 1:
+            raise RuntimeError("a bug in delivering one event")
+        delivered.append(event["n"])
+
+    broker = make_broker("", deliver)
+    assert isinstance(broker, Broker)
+    await broker.start()
+    for n in range(4):
+        broker.publish({"kind": "location", "n": n})
+    assert delivered == []  # publishing never delivers inside the publisher's call
+    await asyncio.sleep(0)
+    assert delivered == [0, 2, 3]  # the failing one is logged as such, the others still delivered
+    assert [r.getMessage() for r in caplog.records if r.name == "parcel.broker"] == [
+        "could not deliver a location event"]
+    broker.publish({"kind": "location", "n": 4})
+    await broker.close()  # what is still due is delivered before the broker goes
+    assert delivered == [0, 2, 3, 4]

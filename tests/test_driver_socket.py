@@ -10,7 +10,7 @@ import pytest
 
 from models.db import iso
 from tests.conftest import World, body, location, recv
-from tests.test_tracking_socket import expect_closed, expect_error, expect_update, nothing_arrives, subscribed
+from tests.helpers import expect_closed, expect_error, expect_update, nothing_arrives, subscribed
 
 
 async def route(world: World, driver) -> tuple[object, list[int]]:

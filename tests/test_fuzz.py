@@ -20,9 +20,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from handlers import tracking
-from tests.conftest import location, recv
-from tests.test_tracking_socket import scene, subscribed
+from tests.conftest import location, recv, settings
+from tests.helpers import scene, subscribed
 
 EXAMPLES = 2_000
 FUZZ = hypothesis_settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
@@ -87,9 +86,8 @@ def clear(response: Any, context: Any) -> None:
         assert isinstance(json.loads(response.body)["error"], str), context
 
 
-def test_socket_frames(io_loop, world, caplog, monkeypatch):
-    monkeypatch.setattr(tracking, "RATE_LIMIT", 10**9)
-    world.app.limits.user_messages = 10**9
+@settings(rate_limit=10**9, user_messages_per_second=10**9)
+def test_socket_frames(io_loop, world, caplog):
     s = io_loop.run_sync(lambda: scene(world))
     watcher = io_loop.run_sync(lambda: subscribed(world, s.id, s.client))
     driver = io_loop.run_sync(lambda: subscribed(world, s.id, s.driver))

@@ -56,3 +56,36 @@ async def test_a_delivered_parcel_keeps_the_drivers_final_position(world):
     late = await world.socket(parcel["_id"], world.token(client))
     assert (await recv(late))["status"] == "delivered"
     assert (await recv(late))["location"]["lat"] == 28.63  # the snapshot, now from the database
+
+
+@pytest.mark.gen_test
+async def test_a_finished_parcel_leaves_nothing_behind_in_the_hub(world):
+    client, driver_user, dispatcher = [await world.user(role) for role in ("client", "driver", "dispatcher")]
+    parcel = await world.parcel(client, driver_user, status="in_transit")
+    hub, parcel_id = world.app.hub, parcel["_id"]
+    board = await world.socket(None, world.token(dispatcher), path="/ws/dispatch/")
+    assert (await recv(board))["type"] == "board"
+    route = await world.socket(None, world.token(driver_user), path="/ws/driver/")
+    assert (await recv(route))["parcels"] == [parcel_id]
+    watcher = await world.watch(parcel, client)
+    driver = await world.watch(parcel, driver_user)
+    for lat in (28.61, 28.62, 28.63):  # fewer than LOCATION_SAMPLE_EVERY: the last one is unsaved
+        driver.write_message(location(lat))
+        await recv(watcher)
+    assert hub.channel(parcel_id) is not None
+    delivered = await world.api("POST", f"/api/parcels/{parcel_id}/status/", driver_user,
+                                body={"status": "delivered"})
+    assert delivered.code == 200
+    assert (await recv(watcher))["status"] == "delivered"
+
+    for ws in (watcher, driver, route, board):
+        ws.close()
+    for _ in range(200):  # the server sees the closes on its next turns
+        if hub.channel(parcel_id) is None and not hub.open_sockets():
+            break
+        await asyncio.sleep(0.01)
+    assert hub.channel(parcel_id) is None
+    assert hub.subscriber_count(parcel_id) == 0 and hub.latest_location(parcel_id) is None
+    await hub.writer.flush()
+    stored = body(await world.api("GET", f"/api/parcels/{parcel_id}/", client))
+    assert stored["last_location"]["lat"] == 28.63  # the unsaved position was written on the way out

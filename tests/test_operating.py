@@ -5,27 +5,21 @@ SIGTERM's 10 s even then."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from ipaddress import ip_network
 
 import pytest
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 from tornado.websocket import websocket_connect
 
-from app import make_app
-from models.embedded import EmbeddedDatabase, _alive
-from tests.conftest import ROOT, World, body, location, recv, refused, settings
+from models.embedded import _alive
+from tests.conftest import ROOT, body, location, recv, refused, settings
+from tests.helpers import expect_closed, expect_error, own_database, scene, send_location, subscribed
 from tests.process import Server, app_env
-from tests.test_tracking_socket import expect_closed, expect_error, scene, send_location, subscribed
 
 
 @pytest.mark.gen_test
@@ -83,28 +77,6 @@ async def test_a_request_without_credentials_gets_401_not_403(world):
     for method, path in (("POST", "/api/users/"), ("POST", "/api/parcels/"), ("GET", "/api/parcels/"),
                          ("POST", "/api/parcels/1/status/"), ("POST", "/api/me/password/")):
         refused(await world.api(method, path, body={} if method == "POST" else None), 401, path)
-
-
-@asynccontextmanager
-async def own_database(world: World, tmp_path) -> AsyncIterator[tuple[World, int]]:
-    """An app on a database of its own (so stopping that database touches no other test);
-    yields its World and the database's pid."""
-    embedded = EmbeddedDatabase(tmp_path / "own")
-    uri = embedded.start()
-    pid = json.loads((tmp_path / "own" / "db-server.json").read_text())["pid"]
-    app = make_app(dataclasses.replace(world.app.config), uri)
-    await app.start()
-    sock, port = bind_unused_port()
-    server = HTTPServer(app)
-    server.add_sockets([sock])
-    try:
-        yield World(app, port), pid
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        server.stop()
-        await server.close_all_connections()
-        await app.stop()
-        embedded.stop()
 
 
 async def timed(call) -> tuple[float, object]:

@@ -12,7 +12,7 @@ import pytest
 
 from realtime.journey import distance_m
 from tests.conftest import body, path_to, recv, settings
-from tests.test_tracking_socket import expect_update, nothing_arrives, scene, subscribed
+from tests.helpers import expect_update, nothing_arrives, scene, subscribed
 
 DESTINATION = (28.55, 77.20)  # World.parcel's
 PICKUP = (28.61, 77.23)

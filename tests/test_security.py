@@ -22,11 +22,9 @@ import pytest
 from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from handlers import tracking
 from models import users
 from tests.conftest import PASSWORD, TEST_SECRET, World, body, claims, location, refused, settings
-from tests.process import ROOT, app_env, run_cli
-from tests.test_tracking_socket import (
+from tests.helpers import (
     SlowReader,
     expect_closed,
     expect_error,
@@ -36,6 +34,7 @@ from tests.test_tracking_socket import (
     send_location,
     subscribed,
 )
+from tests.process import ROOT, app_env, run_cli
 
 
 async def login(world: World, email: str, password: str = PASSWORD, address: str | None = None):
@@ -186,10 +185,10 @@ async def everything_waiting(ws) -> list[dict]:
             return messages
 
 
+@settings(user_sockets=3)
 @pytest.mark.gen_test(timeout=30)
 async def test_open_sockets_per_user_are_capped(world):
     s = await scene(world)
-    world.app.limits.user_sockets = 3
     kept = [await subscribed(world, s.id, s.client) for _ in range(3)]
     message, _ = await rejected(world, s.id, world.token(s.client), 4429)
     assert "too many open sockets" in message
@@ -342,11 +341,9 @@ async def test_nosniff_on_every_answer(world):
         assert answer.headers.get("X-Content-Type-Options") == "nosniff", answer.effective_url
 
 
+@settings(max_unsent=64 * 1024, rate_limit=10**9, user_messages_per_second=10**9)
 @pytest.mark.gen_test(timeout=60)
-async def test_a_subscriber_that_stops_reading_is_closed_and_the_others_carry_on(world, monkeypatch):
-    monkeypatch.setattr(tracking, "MAX_UNSENT", 64 * 1024)
-    monkeypatch.setattr(tracking, "RATE_LIMIT", 10**9)
-    world.app.limits.user_messages = 10**9
+async def test_a_subscriber_that_stops_reading_is_closed_and_the_others_carry_on(world):
     s = await scene(world)
     stalled = await SlowReader.connect(world.port, f"parcel_id={s.id}&token={world.token(s.client)}")
     stalled.writer.transport.pause_reading()  # reads nothing more: what it is sent piles up

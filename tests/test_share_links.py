@@ -15,7 +15,7 @@ from auth import tokens
 from models import parcels
 from models.db import utcnow
 from tests.conftest import TEST_SECRET, World, body, recv, refused, settings
-from tests.test_tracking_socket import (
+from tests.helpers import (
     expect_closed,
     expect_error,
     expect_update,

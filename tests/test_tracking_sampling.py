@@ -20,8 +20,10 @@ import logging
 import pytest
 from tornado.websocket import WebSocketClientConnection
 
+from models.db import utcnow
+from models.locations import SampleWriter
 from tests.conftest import World, location, recv, settings
-from tests.test_tracking_socket import (
+from tests.helpers import (
     Scene,
     another_server,
     history,
@@ -30,6 +32,7 @@ from tests.test_tracking_socket import (
     send_location,
     socket_closed_by_server,
     subscribed,
+    until,
 )
 
 
@@ -186,3 +189,19 @@ async def test_the_fifth_accepted_update_is_stored_whatever_was_refused_in_betwe
         assert (await recv(driver))["type"] == "error"
         await send_location(driver, *point(n), *(other for other in sockets if other is not driver))
     assert await history(world, s) == [point(5)]
+
+
+@pytest.mark.gen_test
+async def test_a_failing_timed_flush_is_logged_where_it_happens(world, caplog, monkeypatch):
+    """Nothing awaits the writer's timed flush: what it raises is logged at once, with what it was doing."""
+    writer = SampleWriter(world.app.db, flush_interval=0)
+
+    async def broken(everything: bool) -> bool:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(writer, "_flush", broken)
+    writer.add(1, 2, {"lat": 28.0, "lng": 77.0, "address": ""}, utcnow())
+    await until(lambda: not writer._tasks and any(r.exc_info for r in caplog.records))
+    [record] = [r for r in caplog.records if r.name == "parcel.locations"]
+    assert record.levelno == logging.ERROR and "could not flush the location samples" in record.getMessage()
+    assert "1 queued" in record.getMessage() and "a bug in the writer" in str(record.exc_info[1])

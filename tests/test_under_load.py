@@ -15,9 +15,8 @@ import pytest
 from tornado.websocket import WebSocketClientConnection
 
 from tests.conftest import TEST_SECRET, World, body, recv, settings
+from tests.helpers import expect_update, own_database, scene, send_location, subscribed, until
 from tests.process import Server, app_env
-from tests.test_operating import own_database
-from tests.test_tracking_socket import expect_update, scene, send_location, subscribed, until
 
 
 async def opened(world: World, parcel_id: int | None, token: str, path: str = "/ws/tracking/") -> dict:
@@ -184,4 +183,4 @@ async def test_a_flood_of_big_frames_is_refused_unparsed_and_closed(world):
         assert message["type"] == "error", message
         errors += 1
     assert driver.close_code == 4429, (driver.close_code, driver.close_reason)
-    assert errors <= 30, errors  # at most FLOOD_FACTOR × RATE_LIMIT answers, the last with the close
+    assert errors <= 30, errors  # at most FLOOD_FACTOR × rate_limit answers, the last with the close
