@@ -59,8 +59,8 @@ bench: $(VENV)/.bench-installed $(BENCH_NODE)/.installed
 # A year of data (100,000 parcels, 1M locations) loaded once into benchmarks/.volume-data/,
 # then every operation timed against 50 ms and 1,000 location updates/s sustained.
 # Options: make bench-volume ARGS="--quick" (or --skip-load-test, --load-seconds N, --reload)
-bench-volume: $(VENV)/.dev-installed
-	$(PY) benchmarks/volume.py $(ARGS)
+bench-volume: $(VENV)/.dev-installed $(BENCH_NODE)/.installed
+	BENCH_NODE_MODULES=$(CURDIR)/$(BENCH_NODE)/node_modules $(PY) benchmarks/volume.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

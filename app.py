@@ -35,7 +35,7 @@ from pymongo.errors import PyMongoError
 import settings as settings_module
 from auth import passwords
 from auth.throttle import LoginThrottle
-from handlers import api, fleet, ops, pages, tracking
+from handlers import api, fleet, intake, ops, pages, people, proofs, tracking
 from handlers.base import ApiNotFound, StaticFiles, loggable_path
 from models import demo, geo, parcels, shares, users
 from models.access import ROLES, may_drive, may_own_parcels
@@ -44,6 +44,7 @@ from models.embedded import STOP_TIMEOUT, EmbeddedDatabase, EmbeddedDatabaseErro
 from models.locations import SampleWriter
 from models.lookups import Lookups
 from realtime.broker import BrokerUnavailable
+from realtime.events import Events
 from realtime.hub import Hub
 from realtime.limits import Limits
 from realtime.metrics import Metrics
@@ -61,6 +62,7 @@ CLOSE_CONNECTIONS_WITHIN = 2.0
 # then the embedded database stopping (about 2 s; past the budget it is killed).
 DATABASE_STOP_RESERVE = 3.0
 CLOSE_CLIENT_WITHIN = 1.0
+EVENTS_WITHIN = 0.5  # seconds the events being recorded (realtime/events.py) are waited for at shutdown
 log = logging.getLogger("parcel")
 
 
@@ -72,9 +74,10 @@ class Application(tornado.web.Application):
         self.config = config
         self.db = open_database(config, mongodb_uri)
         self.metrics = Metrics()
+        self.events = Events()
         self.writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
                                    parcel_interval=config.last_location_interval)
-        self.hub = Hub(self.db, self.writer, self.metrics, sample_every=config.location_sample_every,
+        self.hub = Hub(self.db, self.writer, self.metrics, self.events, sample_every=config.location_sample_every,
                        broker_url=config.broker_url, state_ttl=config.parcel_state_ttl,
                        shutdown_timeout=config.shutdown_timeout, geofence_radius_m=config.geofence_radius_m)
         self.metrics.watch(open_sockets=self.hub.open_sockets, samples=self.writer)
@@ -99,14 +102,20 @@ class Application(tornado.web.Application):
             (r"/api/token/ws/?", api.SocketTokenHandler),
             (r"/api/me/?", api.MeHandler),
             (r"/api/me/password/?", api.PasswordHandler),
-            (r"/api/users/?", api.UsersHandler),
+            (r"/api/users/?", people.PeopleHandler),
             (rf"/api/users/{user}/role/?", api.RoleHandler),
+            (rf"/api/users/{user}/deactivate/?", people.ActiveHandler, {"active": False}),
+            (rf"/api/users/{user}/activate/?", people.ActiveHandler, {"active": True}),
             (r"/api/parcels/?", api.ParcelsHandler),
+            (r"/api/parcels/import/?", intake.ImportHandler),
             (rf"/api/parcels/{parcel}/?", api.ParcelHandler),
             (rf"/api/parcels/{parcel}/assign/?", api.AssignHandler),
             (rf"/api/parcels/{parcel}/status/?", api.StatusHandler),
             (rf"/api/parcels/{parcel}/locations/?", api.LocationsHandler),
             (rf"/api/parcels/{parcel}/share/?", api.ShareHandler),
+            (rf"/api/parcels/{parcel}/proof/?", proofs.ProofHandler),
+            (rf"/api/parcels/{parcel}/proof/(photo|signature)/?", proofs.ProofImageHandler),
+            (rf"/api/drivers/{user}/route/?", api.RouteHandler),
             (r"/api/.*", ApiNotFound),
             (r"/login", pages.LoginPage),
             (r"/logout", pages.LogoutHandler),
@@ -117,7 +126,15 @@ class Application(tornado.web.Application):
             (rf"/driver/parcels/{parcel}/?", pages.DriverParcelPage),
             (r"/dispatch/?", pages.DispatchPage),
             (rf"/dispatch/parcels/{parcel}/assign", pages.DispatchAssign),
+            (rf"/dispatch/parcels/{parcel}/move", pages.DispatchMove),
+            (r"/dispatch/parcels/new/?", intake.NewParcelPage),
+            (r"/dispatch/import/?", intake.ImportPage),
+            (r"/dispatch/people/?", people.PeoplePage),
+            (rf"/dispatch/people/{user}/deactivate", people.PersonActivePage, {"active": False}),
+            (rf"/dispatch/people/{user}/activate", people.PersonActivePage, {"active": True}),
             (r"/t/([A-Za-z0-9_.\-]{1,2048})/locations/?", api.SharedLocationsHandler),
+            (r"/t/([A-Za-z0-9_.\-]{1,2048})/proof/?", proofs.SharedProofHandler),
+            (r"/t/([A-Za-z0-9_.\-]{1,2048})/proof/(photo|signature)/?", proofs.SharedProofImageHandler),
             (r"/t/([A-Za-z0-9_.\-]{1,2048})/?", pages.SharePage),
             (r".*", pages.NotFoundPage),  # last: every other address gets the 404 page
         ]
@@ -149,6 +166,7 @@ class Application(tornado.web.Application):
         self.retention.stop()
         if within is not None:
             self.hub.shutdown_timeout = min(self.hub.shutdown_timeout, within)  # what hub.stop() drains within
+        await self.events.drain(EVENTS_WITHIN)
         await self.hub.stop()
         with pymongo.timeout(CLOSE_CLIENT_WITHIN):  # PyMongo says goodbye (endSessions), even to a frozen database
             await self.db.close()

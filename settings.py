@@ -18,6 +18,7 @@ DEFAULT_TILE_URL = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
 WEBSOCKET_MAX_MESSAGE_SIZE = 4 * 1024  # bytes; a larger frame closes with 1009
 WEBSOCKET_MAX_BATCH_SIZE = 64 * 1024  # bytes; the one exception: a location_batch frame
 MAX_API_BODY_SIZE = 64 * 1024  # bytes; a larger JSON body gets 413
+MAX_IMPORT_BODY_SIZE = 2 * 1024 * 1024  # bytes; a CSV import (POST /api/parcels/import/) may be this large
 STREAMED_BODY_LIMIT = 16 * 1024 * 1024  # bytes of an API body read (and dropped) before the connection is cut
 
 

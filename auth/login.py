@@ -8,6 +8,8 @@ from models import users
 from models.access import User
 from models.db import Database
 
+DEACTIVATED = "this account is deactivated"
+
 
 class LoginRefused(ValueError):
     """A login that does not go through: `status` 400, 401 or 429 (with `retry_after` seconds)."""
@@ -21,7 +23,8 @@ class LoginRefused(ValueError):
 async def check_login(db: Database, throttle: LoginThrottle, address: str, email: object, password: object,
                       bcrypt_rounds: int) -> User:
     """The user these credentials name, or `LoginRefused`: one message for an unknown
-    e-mail and a wrong password, and a wait once `throttle` has seen too many failures."""
+    e-mail and a wrong password, a wait once `throttle` has seen too many failures, and
+    DEACTIVATED for the right password of a deactivated account."""
     if not isinstance(email, str) or not isinstance(password, str) or not email.strip() or not password:
         raise LoginRefused(400, "email and password are required")
     wait = throttle.retry_after(address, email)
@@ -33,4 +36,6 @@ async def check_login(db: Database, throttle: LoginThrottle, address: str, email
         throttle.failed(address, email)
         raise LoginRefused(401, "wrong email or password")
     throttle.succeeded(address, email)
+    if not user.active:  # said only to whoever knows the password
+        raise LoginRefused(401, DEACTIVATED)
     return user

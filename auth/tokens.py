@@ -53,8 +53,8 @@ class Claimed:
     type: str
 
     def matches(self, user: User | None) -> bool:
-        """Is the stored user still the one the token was issued to (same role, same session)?"""
-        return user is not None and user.role == self.role and user.session == self.version
+        """Is the stored user still the one the token was issued to (same role, same session), and active?"""
+        return user is not None and user.role == self.role and user.session == self.version and user.active
 
 
 @dataclass(frozen=True)

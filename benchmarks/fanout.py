@@ -3,31 +3,26 @@
 One `python app.py serve --no-demo --data-dir <tmp>` with everything on (auth, validation,
 sampling every 5th update) and its embedded database, driven from a separate process by
 the reference load generator (`../shared/bench/loadgen.js`, Node + `ws`). Users, parcels
-and tokens are made through the HTTP API (`benchmarks/fixture.py`). In order:
+and tokens are made in its database with the product's models (`benchmarks/fixture.py`).
 
-0. the generator's own ceiling against `null_server.js` (a server that does nothing):
-   it must reach twice the target (8,000 updates/s) for the figures below to mean anything;
-1. the sweep: 1,000 parcels × (driver + 2 viewers) = 3,000 sockets at rising rates,
-   rate → p50/p99/max, loss, the app's and the database's CPU; target ≥ 4,000 updates/s
-   at p99 < 50 ms with nothing lost;
-2. 200 parcels × 8 Hz = 1,600 updates/s (what 200 parcels may send under the 10 a second
-   limit), and the same with 20 subscribers that never read (slow readers must not hold
-   the others up);
-3. handshakes a second: 1,002 authenticated sockets, 100 in flight;
-4. the dispatcher's board (`/ws/dispatch/`): 1,000 parcels at 1 Hz, one board; its latency
-   and the one-update-per-parcel-per-second rule (skipped while the endpoint answers 404);
-5. 10,000 sockets (3,334 parcels) on a freshly started process: memory per socket (app +
-   database RSS growth / sockets), then held for 10 s and driven at 1 update/s per driver;
-5b. a reconnect storm: the same 10,000 sockets opened at once with no pacing (counted at the
-   upgrade, as a browser counts it) on a freshly started process, as after a restart: every
-   one must be subscribed, none refused; the time until the last `subscribed`;
-6. two processes behind one Redis (`BROKER_URL`): drivers on the first, viewers on the
-   second, so every broadcast crosses the broker;
+0. the generator's own ceiling against `null_server.js` (a server that does nothing): it
+   must reach twice the target (8,000 updates/s) for the figures below to mean anything;
+1. the sweep: 1,000 parcels × (driver + 2 viewers) = 3,000 sockets at rising rates: p50/p99/max,
+   loss, the app's and the database's CPU; target ≥ 4,000 updates/s at p99 < 50 ms, none lost;
+2. 200 parcels × 8 Hz = 1,600 updates/s, then the same with 20 subscribers that never read;
+3. handshakes a second: 1,002 authenticated sockets, 100 in flight, until `subscribed`;
+4. the dispatcher's board (`/ws/dispatch/`) beside 1,000 parcels at 1 Hz: its latency, and
+   one update per parcel per second at 4 Hz;
+5. 10,002 sockets (3,334 parcels) on a freshly started process: memory per socket (app +
+   database RSS growth), held 10 s, then 1 update/s per driver;
+5b. a reconnect storm: the same sockets at once, no pacing, on a freshly started process:
+   every one subscribed, none refused, and when the last one was;
+6. two processes behind one Redis (`BROKER_URL`): drivers on one, viewers on the other;
 7. (with `--profile PY_SPY`) py-spy on the app and the database under 1,000 parcels × 3 Hz.
 
-Writes benchmarks/results/fanout.json, fanout.png (latency against load) and fanout.md
-(the summary table, Channels figures beside). The machine is shared and noisy: compare
-ratios within one run; loadgen flags a step `noisy` when other processes used the CPU.
+Writes benchmarks/results/fanout.json, fanout.png (latency against load) and fanout.md (the
+summary). The machine is shared and noisy: compare ratios within one run; loadgen flags a
+step `noisy` when other processes used the CPU.
 """
 
 from __future__ import annotations
@@ -38,29 +33,28 @@ import base64
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import websocket_connect
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import fixture as fixtures  # noqa: E402
 from benchmarks import generator  # noqa: E402
-from benchmarks.board_client import Board, BoardUnavailable  # noqa: E402
-from benchmarks.generator import CpuSampler, find, latest_steps, raise_file_limit, rss_kib  # noqa: E402
+from benchmarks.fixture import App, Fixture, seed  # noqa: E402
+from benchmarks.generator import CpuSampler, Report, find, latest_steps, rss_kib  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
-from tests.process import Server, app_env, free_port  # noqa: E402
+from devtools.process import RedisServer, app_env, free_port  # noqa: E402
+from models.db import parse_iso  # noqa: E402
+from settings import Settings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATE = 4000
 BUDGET_MS = 50
@@ -93,116 +87,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# -- processes ------------------------------------------------------------------------
-
-
-def git_commit() -> str:
-    """The commit, `-dirty` with uncommitted changes to tracked files (read-only git commands)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "--no-optional-locks", "diff-index", "--quiet", "HEAD", "--"], cwd=ROOT,
-                           capture_output=True)
-    return head.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")
-
-
-class App:
-    """`python app.py serve --no-demo --data-dir <data>` and its database's pid."""
-
-    def __init__(self, env: dict[str, str], data: Path, name: str = "app") -> None:
-        self.server = Server(env, "--no-demo", "--data-dir", str(data))
-        self.data = data
-        self.name = name
-
-    def start(self) -> App:
-        self.server.start(timeout=90)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(self.server.url + "/healthz", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} does not answer /healthz") from None
-            time.sleep(0.2)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.server.process is not None
-        return self.server.process.pid
-
-    @property
-    def db_pid(self) -> int:
-        return int(json.loads((self.data / "db-server.json").read_text())["pid"])
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.port}/ws/tracking/"
-
-    def sockets_open(self) -> int:
-        with urllib.request.urlopen(self.server.url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-        return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-                   if line.startswith("parcel_sockets_open{"))
-
-    async def wait_idle(self, extra: int = 0, limit_s: float = 20) -> None:
-        """Until the last phase's sockets are gone (one user may hold 100: the next phase reuses them)."""
-        for _ in range(int(limit_s / 0.2)):
-            if (n := await asyncio.to_thread(self.sockets_open) - extra) <= 0:
-                return
-            await asyncio.sleep(0.2)
-        print(f"   (still {n} sockets open on {self.name} after {limit_s:.0f} s)")
-
-    def stop(self) -> None:
-        if self.server.process is not None and self.server.process.poll() is None:
-            try:
-                self.server.stop(timeout=30)
-            except AssertionError as e:
-                print(f"   {self.name} did not stop cleanly: {str(e)[:300]}")
-            log = self.data.parent / f"{self.name.replace(' ', '-')}-{self.pid}.log"
-            log.write_text(self.server.output())
-
-
-class Redis:
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(binary).exists():
-            raise RuntimeError("redis-server is not installed (make test installs it: apt-get install redis-server)")
-        self.port = free_port()
-        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+async def load(args: argparse.Namespace, path: Path, label: str, pids: str, *extra: str, paced: bool = True,
+               **options: Any) -> list[Report]:
+    """loadgen over the fixture at `path`, watching `pids`. `paced`, a load case: the p99 budget,
+    a little wait for other people's load to drop before a step, a failing noisy step rerun once,
+    and `--load-connect` handshakes in flight. `extra` comes last and wins."""
+    flags = ["--p99-ms", str(BUDGET_MS), "--quiet-wait", str(args.quiet_wait), "--retry-noisy",
+             "0" if args.quick else "1", "--pause", "1", "--connect-concurrency", str(args.load_connect)]
+    return await generator.run(["--fixture", str(path), "--pid", pids, *(flags if paced else []), *extra],
+                               modules=args.modules, label=label, **options)
 
 
 # -- reading loadgen's reports -------------------------------------------------------------
 
 
-def step_row(r: dict[str, Any], app_names: tuple[str, ...] = ("app",)) -> dict[str, Any]:
-    lat = r.get("latency_ms") or {}
-    split = r.get("cpu_split") or {}
-    gen = r.get("generator") or {}
+def step_row(r: Report, app_names: tuple[str, ...] = ("app",)) -> dict[str, Any]:
+    lat, split, gen = r.get("latency_ms") or {}, r.get("cpu_split") or {}, r.get("generator") or {}
     return {
         "rate_hz": r.get("rate_hz_per_driver"), "parcels": r.get("parcels"), "target_rate": r.get("target_send_rate"),
         "achieved_rate": r.get("achieved_send_rate"), "delivered_per_s": r.get("delivered_per_s"),
@@ -216,7 +116,13 @@ def step_row(r: dict[str, Any], app_names: tuple[str, ...] = ("app",)) -> dict[s
         "generator_cpu": gen.get("cpu_util"), "generator_saturated": gen.get("saturated"),
         "foreign_cores": (r.get("machine") or {}).get("foreign_cores"), "noisy": r.get("noisy"),
         "attempts": (r.get("attempt") or 0) + 1, "pass": bool(r.get("pass")),
+        **({f"{n}_cpu": split.get(n) for n in app_names} if len(app_names) > 1 else {}),
     }
+
+
+def last_row(reports: list[Report]) -> dict[str, Any] | None:
+    steps = latest_steps(reports)
+    return step_row(steps[-1]) if steps else None
 
 
 def print_steps(rows: list[dict[str, Any]]) -> None:
@@ -236,14 +142,11 @@ def print_steps(rows: list[dict[str, Any]]) -> None:
 
 
 def fmt_ms(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x:,.0f} ms" if x >= 100 else f"{x:.1f} ms"
+    return "–" if x is None else f"{x:,.0f} ms" if x >= 100 else f"{x:.1f} ms"
 
 
 def best_passing(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    passed = [s for s in rows if s["pass"]]
-    return max(passed, key=lambda s: s["target_rate"]) if passed else None
+    return max((s for s in rows if s["pass"]), key=lambda s: s["target_rate"], default=None)
 
 
 def sustained(rows: list[dict[str, Any]]) -> float | None:
@@ -259,69 +162,33 @@ def sustained(rows: list[dict[str, Any]]) -> float | None:
 # -- the cases -----------------------------------------------------------------------------
 
 
-def loadgen_common(args: argparse.Namespace) -> list[str]:
-    # Wait a little for other people's load to drop before a step; rerun a failing noisy step once.
-    return ["--p99-ms", str(BUDGET_MS), "--quiet-wait", str(args.quiet_wait), "--retry-noisy",
-            "0" if args.quick else "1", "--pause", "1"]
-
-
-def load_connect(args: argparse.Namespace) -> list[str]:
-    """Handshakes in flight while a load case connects (the handshake case itself uses 100)."""
-    return ["--connect-concurrency", str(args.load_connect)]
-
-
-async def null_ceiling(args: argparse.Namespace, modules: Path, scratch: Path) -> dict[str, Any]:
+async def null_ceiling(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """The generator against a server that does nothing: 1,000 parcels × 3 sockets at 4 and 8 (and 10) Hz."""
     port = free_port()
-    env = {**os.environ, "BENCH_NODE_MODULES": str(modules), "MAX_S": "300"}
-    process = await asyncio.create_subprocess_exec("node", str(generator.NULL_SERVER), str(port), env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    process = await asyncio.create_subprocess_exec(
+        "node", str(generator.NULL_SERVER), str(port), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "BENCH_NODE_MODULES": str(args.modules), "MAX_S": "300"})
     try:
         assert process.stdout is not None
         print(f"   {(await process.stdout.readline()).decode().strip()}")
-        fake = {"parcels": [{"parcel_id": i + 1, "driver_token": f"d{i}", "viewer_tokens": [f"a{i}", f"b{i}"]}
-                            for i in range(1000)], "ws_url": f"ws://127.0.0.1:{port}/"}
         path = scratch / "null-fixture.json"
-        path.write_text(json.dumps(fake))
-        rates = "4,8" if args.quick else "4,8,10"
+        path.write_text(json.dumps({"ws_url": f"ws://127.0.0.1:{port}/", "parcels": [
+            {"parcel_id": i + 1, "driver_token": f"d{i}", "viewer_tokens": [f"a{i}", f"b{i}"]} for i in range(1000)]}))
         with CpuSampler({"null": process.pid}) as sampler:
             # A failing step is rerun (up to twice) when other processes were busy: this is the instrument's check.
-            reports = await generator.run(["--fixture", str(path), "--rates", rates, "--duration", str(args.duration),
-                                           "--drain", "3", "--pid", str(process.pid), "--stop-after-fail", "2",
-                                           *loadgen_common(args), "--retry-noisy", "2"],
-                                          modules=modules, sampler=sampler, label="null", subscribe_report=False)
+            reports = await load(args, path, "null", str(process.pid), "--rates", "4,8" if args.quick else "4,8,10",
+                                 "--duration", str(args.duration), "--drain", "3", "--retry-noisy", "2",
+                                 "--connect-concurrency", "100", sampler=sampler, subscribe_report=False)
     finally:
         process.terminate()
         await process.wait()
     rows = [step_row(r, ("null",)) for r in latest_steps(reports)]
     print_steps(rows)
-    best = best_passing(rows)
-    reached = best["target_rate"] if best else 0
+    reached = (best_passing(rows) or {"target_rate": 0})["target_rate"]
     print(f"   the generator's ceiling: {reached:,.0f} updates/s passing (p99 < {BUDGET_MS} ms, none lost) "
           f"against a server that does nothing; {'≥' if reached >= 2 * TARGET_RATE else 'BELOW'} twice the "
           f"target ({2 * TARGET_RATE:,})")
     return {"steps": rows, "ceiling": reached, "twice_target": reached >= 2 * TARGET_RATE}
-
-
-async def sweep(args: argparse.Namespace, app: App, modules: Path, path: Path, sampler: CpuSampler) -> list[dict]:
-    reports = await generator.run(["--fixture", str(path), "--parcels", "1000", "--rates", args.rates,
-                                   "--duration", str(args.duration), "--drain", "5", "--stop-after-fail", "2",
-                                   "--pid", f"{app.pid},{app.db_pid}", *loadgen_common(args), *load_connect(args)],
-                                  modules=modules, sampler=sampler, label="sweep")
-    rows = [step_row(r) for r in latest_steps(reports)]
-    print_steps(rows)
-    return rows
-
-
-async def fixed_rate(args: argparse.Namespace, app: App, modules: Path, path: Path, sampler: CpuSampler,
-                     parcels: int, rate: float, label: str,
-                     seconds: float | None = None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    reports = await generator.run(["--fixture", str(path), "--parcels", str(parcels), "--rate", str(rate),
-                                   "--duration", str(seconds or args.duration), "--drain", "5",
-                                   "--pid", f"{app.pid},{app.db_pid}", *loadgen_common(args), *load_connect(args)],
-                                  modules=modules, sampler=sampler, label=label)
-    steps = latest_steps(reports)
-    return (step_row(steps[-1]) if steps else None), reports
 
 
 async def never_reads(port: int, parcel_id: int, token: str) -> asyncio.StreamWriter:
@@ -336,20 +203,19 @@ async def never_reads(port: int, parcel_id: int, token: str) -> asyncio.StreamWr
     return writer
 
 
-async def handshakes(args: argparse.Namespace, app: App, modules: Path, path: Path) -> dict[str, Any]:
+async def handshakes(args: argparse.Namespace, app: App, path: Path) -> dict[str, Any]:
     """loadgen counts a socket open at the WebSocket upgrade; this server authenticates after it,
     so the rate is the preload's: sockets that received `subscribed`, from the first socket's
     start to the last one's `subscribed` (refusals, 1013 for a database too slow, are listed)."""
     runs = []
     for i in range(1 if args.quick else 3):
         await app.wait_idle()
-        reports = await generator.run(["--fixture", str(path), "--parcels", "334", "--rate", "0", "--hold", "1",
-                                       "--connect-concurrency", "100", "--pid", f"{app.pid},{app.db_pid}"],
-                                      modules=modules, label="handshakes", echo=False)
+        reports = await load(args, path, "handshakes", app.pids, "--parcels", "334", "--rate", "0", "--hold", "1",
+                             "--connect-concurrency", "100", paced=False, echo=False)
         c, s = find(reports, "connect")[0], find(reports, "subscribe")[0]
         runs.append({"target": c["conns_target"], "upgraded": c["conns_opened"],
-                     "upgrades_per_s": c["handshakes_per_s"],
-                     "subscribed": s["subscribed"], "per_s": s["subscribed_per_s"] or 0, "refusals": s["refusals"],
+                     "upgrades_per_s": c["handshakes_per_s"], "subscribed": s["subscribed"],
+                     "per_s": s["subscribed_per_s"] or 0, "refusals": s["refusals"],
                      "seconds": s["seconds_to_last_subscribed"], "to_subscribed_ms": s["to_subscribed_ms"]})
         refused = f", REFUSED {s['refusals']}" if s["refused"] or s["closed_before_first_message"] else ""
         print(f"   run {i + 1}: {s['subscribed']:,}/{c['conns_target']:,} subscribed in "
@@ -361,18 +227,71 @@ async def handshakes(args: argparse.Namespace, app: App, modules: Path, path: Pa
             "all_subscribed": all(r["subscribed"] == r["target"] for r in runs)}
 
 
-async def board_case(args: argparse.Namespace, app: App, modules: Path, path: Path, sampler: CpuSampler,
+class Board:
+    """A dispatcher's board on /ws/dispatch/ (docs/protocol.md, "The dispatcher's board"): the
+    `board` snapshot first, then each `location_update`'s arrival and the server's `timestamp`
+    (when it accepted the fix; one clock, so the latency includes the conflation's wait)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.updates, self.others = url, [], Counter()
+        self.closed: str | None = None
+        self.closing = False
+
+    async def connect(self, wait: float = 30) -> None:
+        started = time.monotonic()
+        self.ws = await websocket_connect(self.url, max_message_size=64 * 1024 * 1024, connect_timeout=wait)
+        first = json.loads(await asyncio.wait_for(self.ws.read_message(), wait) or "{}")
+        if first.get("type") != "board":
+            raise ValueError(f"first message was {first.get('type')!r} ({self.ws.close_code} {self.ws.close_reason})")
+        self.snapshot_parcels, self.snapshot_ms = len(first.get("parcels") or []), (time.monotonic() - started) * 1000
+        self.task = asyncio.ensure_future(self.read())
+
+    async def read(self) -> None:
+        while (raw := await self.ws.read_message()) is not None:
+            arrived, message = time.time(), json.loads(raw)
+            if message.get("type") == "location_update":
+                self.updates.append((message["parcel_id"], arrived, parse_iso(message["timestamp"]).timestamp()))
+            else:
+                self.others[message.get("type")] += 1
+        self.closed = None if self.closing else f"{self.ws.close_code} {self.ws.close_reason}"
+
+    async def close(self) -> dict[str, Any]:
+        self.closing = True
+        self.ws.close()
+        await asyncio.wait([self.task], timeout=5)
+        return {"snapshot_parcels": self.snapshot_parcels, "snapshot_ms": round(self.snapshot_ms, 1),
+                "other_messages": dict(self.others), "closed_by_server": self.closed}
+
+    def summary(self, window: tuple[float, float]) -> dict[str, Any]:
+        """Latency and the one-a-second rule over the updates that arrived in `window` (time.time()).
+        Arrival carries the delivery's jitter, so the rule is judged by the count: over T seconds a
+        parcel may get at most T + 1 updates (gaps under 0.95 s are listed)."""
+        rows = [u for u in self.updates if window[0] <= u[1] <= window[1]]
+        latencies = sorted((arrival - stamp) * 1000 for _, arrival, stamp in rows)
+        by_parcel: dict[int, list[float]] = {}
+        for parcel_id, arrival, _ in rows:
+            by_parcel.setdefault(parcel_id, []).append(arrival)
+        gaps = [b - a for times in by_parcel.values() for a, b in zip(times, times[1:], strict=False)]
+        seconds, most = window[1] - window[0], max((len(t) for t in by_parcel.values()), default=0)
+        pct = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None  # noqa: E731
+        return {
+            "window_s": round(seconds, 1), "updates": len(rows), "parcels_updated": len(by_parcel),
+            "updates_per_s": round(len(rows) / seconds, 1) if seconds > 0 else None,
+            "per_parcel_per_s": round(len(rows) / seconds / len(by_parcel), 3) if by_parcel and seconds > 0 else None,
+            "most_for_one_parcel": most, "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1)},
+            "min_gap_s": round(min(gaps), 3) if gaps else None, "gaps_under_1s": sum(g < 0.95 for g in gaps),
+            "at_most_one_per_second": most <= seconds + 1,
+        }
+
+
+async def board_case(args: argparse.Namespace, app: App, path: Path, sampler: CpuSampler,
                      token: str) -> dict[str, Any]:
-    """One board on /ws/dispatch/ while 1,000 parcels send at 1 Hz (its latency, the drivers'
-    fan-out beside it), then while 200 parcels send at 4 Hz: a conflating board gets about one
-    update per parcel per second, a quarter of what is sent."""
+    """One board while 1,000 parcels send at 1 Hz (its latency, the drivers' fan-out beside it),
+    then while 200 send at 4 Hz: a conflating board gets about one update per parcel per second."""
     board = Board(f"ws://127.0.0.1:{app.server.port}/ws/dispatch/?token={token}")
     try:
         await board.connect()
-    except BoardUnavailable as e:
-        print(f"   SKIPPED: /ws/dispatch/ is not there yet ({e}); the board case runs once it lands")
-        return {"skipped": f"/ws/dispatch/: {e}"}
-    except (OSError, TimeoutError) as e:
+    except (HTTPClientError, OSError, TimeoutError, ValueError) as e:  # a 404: no board on this server
         print(f"   SKIPPED: the board could not connect ({e!r})")
         return {"skipped": repr(e)}
     print(f"   board: snapshot of {board.snapshot_parcels:,} parcels in {board.snapshot_ms:.0f} ms")
@@ -382,19 +301,17 @@ async def board_case(args: argparse.Namespace, app: App, modules: Path, path: Pa
                                              ("4hz", 200, 4, 5 if args.quick else 6)):
             await app.wait_idle(extra=1)
             print(f"   {parcels:,} parcels at {rate} Hz for {seconds} s:")
-            row, reports = await fixed_rate(args, app, modules, path, sampler, parcels, rate, f"board-{name}",
-                                            seconds=seconds)
+            reports = await load(args, path, f"board-{name}", app.pids, "--parcels", str(parcels), "--rate", str(rate),
+                                 "--duration", str(seconds), sampler=sampler)
             await asyncio.sleep(1.5)  # the last second's conflated updates
-            run = latest_steps(reports)
-            if not run:
+            if not (run := latest_steps(reports)):
                 continue
             # From the first send until a second after the last one (its conflated update may wait that long).
             started = float(run[-1]["arrived_unix"]) - float(run[-1]["wall_s"])
-            summary = board.summary((started, started + seconds + 1.0))
+            row, summary = step_row(run[-1]), board.summary((started, started + seconds + 1.0))
             out[name] = {"drivers": row, "board": summary}
             lat = summary["latency_ms"]
-            print(f"   drivers' fan-out: p50 {fmt_ms(row and row['p50_ms'])}, p99 {fmt_ms(row and row['p99_ms'])}, "
-                  f"lost {row and row['lost']}")
+            print(f"   drivers' fan-out: p50 {fmt_ms(row['p50_ms'])}, p99 {fmt_ms(row['p99_ms'])}, lost {row['lost']}")
             print(f"   board: {summary['updates']:,} updates ({summary['updates_per_s']}/s, "
                   f"{summary['per_parcel_per_s']} per parcel per second) for {summary['parcels_updated']:,} parcels; "
                   f"from the server's timestamp p50 {fmt_ms(lat['p50'])} p99 {fmt_ms(lat['p99'])} max "
@@ -404,37 +321,26 @@ async def board_case(args: argparse.Namespace, app: App, modules: Path, path: Pa
                   f"for one parcel in {summary['window_s']} s; arrival gaps: smallest {summary['min_gap_s']} s, "
                   f"{summary['gaps_under_1s']} under 0.95 s)")
     finally:
-        await board.close()
-    out["state"] = board.state()
+        out["state"] = await board.close()
     if board.closed:
         print(f"   the server closed the board: {board.closed}")
     return out
 
 
-async def ten_thousand(args: argparse.Namespace, app: App, modules: Path, path: Path, sampler: CpuSampler,
+async def ten_thousand(args: argparse.Namespace, app: App, path: Path, sampler: CpuSampler,
                        parcels: int) -> dict[str, Any]:
-    before = {"app": rss_kib(app.pid), "db": rss_kib(app.db_pid)}
-    after: dict[str, int] = {}
-
-    hold = 5 if args.quick else 10
+    before, after, hold = {"app": rss_kib(app.pid), "db": rss_kib(app.db_pid)}, {}, 5 if args.quick else 10
 
     def on_line(line: str) -> None:
         # Each process's RSS once every socket is open (loadgen then holds them `hold` seconds before sending).
         if not after and "] holding " in line:
             after.update(app=rss_kib(app.pid), db=rss_kib(app.db_pid))
 
-    reports = await generator.run(
-        ["--fixture", str(path), "--parcels", str(parcels), "--hold", str(hold), "--rate", "1",
-         "--duration", str(args.duration if args.quick else 10), "--drain", "5",
-         "--pid", f"{app.pid},{app.db_pid}", *loadgen_common(args), *load_connect(args)],
-        modules=modules, sampler=sampler, label="10k", on_line=on_line)
-    c = find(reports, "connect")[0]
-    h = (find(reports, "hold") or [{}])[0]
-    steps = latest_steps(reports)
-    row = step_row(steps[-1]) if steps else None
-    opened = c["conns_opened"]
-    per_socket = c["server"]["rss_kb_per_conn"]
-    split = ({k: round((after[k] - before[k]) / opened, 1) for k in before} if after and opened else None)
+    reports = await load(args, path, "10k", app.pids, "--parcels", str(parcels), "--hold", str(hold), "--rate", "1",
+                         "--duration", str(args.duration if args.quick else 10), sampler=sampler, on_line=on_line)
+    c, h, row = find(reports, "connect")[0], (find(reports, "hold") or [{}])[0], last_row(reports)
+    opened, per_socket = c["conns_opened"], c["server"]["rss_kb_per_conn"]
+    split = {k: round((after[k] - before[k]) / opened, 1) for k in before} if after and opened else None
     print(f"   {opened:,}/{c['conns_target']:,} sockets open in {c['connect_s']:.1f} s "
           f"({c['handshakes_per_s']:,.0f}/s){', failures ' + str(c['connect_failures']) if c['conns_failed'] else ''}")
     print(f"   memory: app + database {c['server']['rss_mb_before']} → {c['server']['rss_mb_connected']} MiB = "
@@ -445,79 +351,62 @@ async def ten_thousand(args: argparse.Namespace, app: App, modules: Path, path: 
         print(f"   at 1 update/s per driver ({row['target_rate']:,.0f}/s): p50 {fmt_ms(row['p50_ms'])} p99 "
               f"{fmt_ms(row['p99_ms'])} max {fmt_ms(row['max_ms'])}, lost {row['lost']}, app CPU {row['app_cpu']}, "
               f"DB CPU {row['db_cpu']}, pass {row['pass']}")
-    held = opened == c["conns_target"] and h.get("conns_still_open") == c["conns_target"] and not (
-        row and row["closed_by_server"])
+    held = opened == c["conns_target"] == h.get("conns_still_open") and not (row and row["closed_by_server"])
     return {"sockets": c["conns_target"], "opened": opened, "connect_s": c["connect_s"],
             "handshakes_per_s": c["handshakes_per_s"], "kib_per_socket": per_socket, "kib_per_socket_split": split,
             "rss_mib_before": c["server"]["rss_mb_before"], "rss_mib_connected": c["server"]["rss_mb_connected"],
             "held": held, "still_open_after_hold": h.get("conns_still_open"), "run": row}
 
 
-async def storm(app: App, modules: Path, path: Path, sockets: int) -> dict[str, Any]:
+async def storm(args: argparse.Namespace, app: App, path: Path, sockets: int) -> dict[str, Any]:
     """Every socket opened at once (`--connect-concurrency` = all of them, counted at the upgrade),
     as pages reconnecting after a restart do; the preload counts `subscribed` and refusals."""
-    reports = await generator.run(["--fixture", str(path), "--rate", "0", "--hold", "1",
-                                   "--connect-concurrency", str(sockets), "--pid", f"{app.pid},{app.db_pid}"],
-                                  modules=modules, label="storm", echo=False)
+    reports = await load(args, path, "storm", app.pids, "--rate", "0", "--hold", "1", "--connect-concurrency",
+                         str(sockets), paced=False, echo=False)
     c, s = find(reports, "connect")[0], find(reports, "subscribe")[0]
     refused = s["refused"] + s["closed_before_first_message"]
-    out = {"target": c["conns_target"], "upgraded": c["conns_opened"], "subscribed": s["subscribed"],
-           "refused": refused, "refusals": s["refusals"], "seconds": s["seconds_to_last_subscribed"],
-           "to_subscribed_ms": s["to_subscribed_ms"]}
     print(f"   {s['subscribed']:,}/{c['conns_target']:,} subscribed, {refused:,} refused or closed "
           f"({s['refusals'] or 'none'}); the last `subscribed` {s['seconds_to_last_subscribed']} s after the first "
           f"upgrade began; one socket to `subscribed` p50 {s['to_subscribed_ms']['p50']} ms, "
           f"p99 {s['to_subscribed_ms']['p99']} ms")
-    return out
+    return {"target": c["conns_target"], "upgraded": c["conns_opened"], "subscribed": s["subscribed"],
+            "refused": refused, "refusals": s["refusals"], "seconds": s["seconds_to_last_subscribed"],
+            "to_subscribed_ms": s["to_subscribed_ms"]}
 
 
-async def redis_pair(args: argparse.Namespace, env: dict[str, str], data: Path, modules: Path,
-                     fx: fixtures.Fixture, scratch: Path) -> dict[str, Any]:
-    redis = Redis()
-    first = second = None
+async def redis_pair(args: argparse.Namespace, env: dict[str, str], data: Path, fx: Fixture,
+                     scratch: Path) -> dict[str, Any]:
+    redis, apps = RedisServer().start(), []
     try:
         print(f"   redis-server pid {redis.process.pid} on port {redis.port}")
-        broker_env = {**env, "BROKER_URL": redis.url}
-        first = App(broker_env, data, "process 1").start()
-        second = App(broker_env, data, "process 2").start()
-        print(f"   process 1 (drivers) pid {first.pid}, process 2 (viewers) pid {second.pid}, database pid "
-              f"{first.db_pid}")
-        path = fx.write(scratch / "fixture-redis.json", second.ws_url, 1000)
-        pids = {"app1": first.pid, "app2": second.pid, "db": first.db_pid, "redis": redis.process.pid}
-        rates = "1,4" if args.quick else "1,2,3,4"
+        for n in (1, 2):
+            apps.append(App({**env, "BROKER_URL": redis.url}, data, f"process {n}").start())
+        print(f"   process 1 (drivers) pid {apps[0].pid}, process 2 (viewers) pid {apps[1].pid}, database pid "
+              f"{apps[0].db_pid}")
+        pids = {"app1": apps[0].pid, "app2": apps[1].pid, "db": apps[0].db_pid, "redis": redis.process.pid}
         with CpuSampler(pids) as sampler:
-            reports = await generator.run(
-                ["--fixture", str(path), "--parcels", "1000", "--rates", rates, "--duration", str(args.duration),
-                 "--drain", "5", "--stop-after-fail", "1", "--pid", ",".join(str(p) for p in pids.values()),
-                 *loadgen_common(args), *load_connect(args)],
-                modules=modules, sampler=sampler, label="redis", split_driver_url=first.ws_url)
+            reports = await load(args, fx.write(scratch / "fixture-redis.json", apps[1].ws_url, 1000), "redis",
+                                 ",".join(map(str, pids.values())), "--parcels", "1000", "--rates",
+                                 "1,4" if args.quick else "1,2,3,4", "--duration", str(args.duration),
+                                 "--stop-after-fail", "1", sampler=sampler, split_driver_url=apps[0].ws_url)
         rows = [step_row(r, ("app1", "app2")) for r in latest_steps(reports)]
-        for r, raw in zip(rows, latest_steps(reports), strict=True):
-            split = raw.get("cpu_split") or {}
-            r["app1_cpu"], r["app2_cpu"] = split.get("app1"), split.get("app2")
         print_steps(rows)
         for r in rows:
             print(f"     {r['target_rate']:,.0f}/s: process 1 (drivers) {r['app1_cpu']} core, process 2 (viewers) "
                   f"{r['app2_cpu']}, Redis {r['redis_cpu']}")
         return {"steps": rows, "sustained": sustained(rows)}
     finally:
-        for app in (second, first):
-            if app is not None:
-                app.stop()
-        redis.stop()
+        for app in reversed(apps):
+            app.stop()
+        redis.kill()
 
 
-async def profile(args: argparse.Namespace, app: App, modules: Path, path: Path, sampler: CpuSampler,
+async def profile(args: argparse.Namespace, app: App, path: Path, sampler: CpuSampler,
                   scratch: Path) -> dict[str, Any]:
     """py-spy on the app (its busy threads) and on the database (the thread holding the GIL: its
     idle connection threads wait in recv) for 20 s once the sockets are connected and sending."""
-    seconds = 20
+    seconds, sending = 20, asyncio.Event()
     outputs = {name: scratch / f"profile-{name}.txt" for name in ("app", "db")}
-    sending = asyncio.Event()
-
-    def on_line(line: str) -> None:
-        if "] step 0:" in line and "msg/s for" in line:
-            sending.set()
 
     async def spy(name: str, pid: int, *extra: str) -> None:
         await sending.wait()
@@ -531,65 +420,46 @@ async def profile(args: argparse.Namespace, app: App, modules: Path, path: Path,
             print(f"   py-spy ({name}): {err.decode().strip()[-300:]}")
 
     spies = asyncio.gather(spy("app", app.pid), spy("db", app.db_pid, "--gil"))
-    reports = await generator.run(["--fixture", str(path), "--parcels", "1000", "--rate", str(args.profile_rate),
-                                   "--duration", str(seconds + 4), "--drain", "5", "--pid", f"{app.pid},{app.db_pid}",
-                                   *loadgen_common(args), *load_connect(args)],
-                                  modules=modules, sampler=sampler, label="profile", on_line=on_line)
+    reports = await load(args, path, "profile", app.pids, "--parcels", "1000", "--rate", str(args.profile_rate),
+                         "--duration", str(seconds + 4), sampler=sampler,
+                         on_line=lambda line: "] step 0:" in line and "msg/s for" in line and sending.set())
     sending.set()
     await spies
-    steps = latest_steps(reports)
-    row = step_row(steps[-1]) if steps else None
-    print(f"   under the profile: p50 {fmt_ms(row and row['p50_ms'])} p99 {fmt_ms(row and row['p99_ms'])}, "
-          f"app CPU {row and row['app_cpu']}, DB CPU {row and row['db_cpu']}")
-    out: dict[str, Any] = {"run": row}
+    row = last_row(reports) or {}
+    print(f"   under the profile: p50 {fmt_ms(row.get('p50_ms'))} p99 {fmt_ms(row.get('p99_ms'))}, "
+          f"app CPU {row.get('app_cpu')}, DB CPU {row.get('db_cpu')}")
+    out: dict[str, Any] = {"run": row or None}
     for name, file in outputs.items():
         if file.exists():
-            out[name] = summarise_profile(file, seconds)
-            print_profile(name, out[name], file)
+            p = out[name] = summarise_profile(file, seconds)
+            print(f"   {name}: {p['samples']:,} samples (~{p['busy_share']:.0%} of one core's wall time busy), raw "
+                  f"stacks in {file}")
+            for key, title in (("self", "by itself"), ("self_by_file", "by itself, by file"),
+                               ("inclusive", "with what it calls")):
+                print(f"     {title}:\n" + "\n".join(f"       {share:6.1%}  {f}" for f, share in p[key]))
     return out
 
 
 def summarise_profile(file: Path, seconds: float, top: int = 15) -> dict[str, Any]:
     """py-spy's raw (collapsed) stacks → each function's share of samples, by itself and with what it calls."""
-    own: Counter[str] = Counter()
-    files: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
+    own, files, inclusive, total = Counter(), Counter(), Counter(), 0
     for line in file.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
-        total += n
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]
-        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
-        if not frames:
-            continue
-        own[frames[-1]] += n
-        files[frames[-1].rpartition(" (")[2].rstrip(")")] += n
-        for f in set(frames):
-            inclusive[f] += n
+                  if " (" in f else f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if frames:
+            n = int(count)
+            total += n
+            own[frames[-1]] += n
+            files[frames[-1].rpartition(" (")[2].rstrip(")")] += n
+            inclusive.update(dict.fromkeys(set(frames), n))
+    shares = lambda pairs: [(f, round(n / total, 3)) for f, n in pairs] if total else []  # noqa: E731
     return {"samples": total, "seconds": seconds, "busy_share": round(total / (seconds * 100), 3),
-            "self": [(f, round(n / total, 3)) for f, n in own.most_common(top)] if total else [],
-            "self_by_file": [(f, round(n / total, 3)) for f, n in files.most_common(top)] if total else [],
+            "self": shares(own.most_common(top)), "self_by_file": shares(files.most_common(top)),
             # without the frames every stack passes through (the event loop, main)
-            "inclusive": [(f, round(n / total, 3)) for f, n in inclusive.most_common()
-                          if n < 0.9 * total][:top] if total else []}
-
-
-def print_profile(name: str, p: dict[str, Any], file: Path) -> None:
-    print(f"   {name}: {p['samples']:,} samples (~{p['busy_share']:.0%} of one core's wall time busy), raw stacks "
-          f"in {file}")
-    print("     by itself:")
-    for f, share in p["self"]:
-        print(f"       {share:6.1%}  {f}")
-    print("     by itself, by file:")
-    for f, share in p["self_by_file"]:
-        print(f"       {share:6.1%}  {f}")
-    print("     with what it calls:")
-    for f, share in p["inclusive"]:
-        print(f"       {share:6.1%}  {f}")
+            "inclusive": shares([(f, n) for f, n in inclusive.most_common() if n < 0.9 * total][:top])}
 
 
 # -- the summary -----------------------------------------------------------------------------
@@ -597,8 +467,7 @@ def print_profile(name: str, p: dict[str, Any], file: Path) -> None:
 
 def summary_table(res: dict[str, Any]) -> str:
     rows = ["| figure | the seed's Channels + daphne | this run | target |", "|---|---|---|---|"]
-    sw = res.get("sweep") or []
-    if sw:
+    if sw := res.get("sweep") or []:
         best, hold = best_passing(sw), sustained(sw)
         first_fail = next((s for s in sorted(sw, key=lambda s: s["target_rate"]) if not s["pass"]), None)
         at_target = next((s for s in sw if s["target_rate"] == TARGET_RATE), None)
@@ -624,43 +493,34 @@ def summary_table(res: dict[str, Any]) -> str:
                     f"{len(h['runs'])} | {SEED['handshakes']} | {h['median_per_s']:,.0f} (the upgrade alone: "
                     f"{upgrades:,.0f}/s{refused}) | ≥ 2,000 |")
     if t := res.get("ten_thousand"):
-        split = t.get("kib_per_socket_split")
+        split, run = t.get("kib_per_socket_split"), t.get("run") or {}
         rows.append(f"| memory per open socket, app + database ({t['sockets']:,} sockets) | {SEED['memory']} | "
                     f"{t['kib_per_socket']} KiB" + (f" (app {split['app']}, DB {split['db']})" if split else "")
                     + " | ≤ 14 KiB |")
-        run = t.get("run") or {}
         held_text = "all held" if t["held"] else f"{t['still_open_after_hold'] or 0:,} held"
-        rows.append(f"| {t['sockets']:,} sockets, 1 update/s per driver | {SEED['ten_thousand']} | "
-                    f"{held_text}, p99 "
+        rows.append(f"| {t['sockets']:,} sockets, 1 update/s per driver | {SEED['ten_thousand']} | {held_text}, p99 "
                     f"{fmt_ms(run.get('p99_ms'))}, {run.get('lost')} lost | all held, p99 < 50 ms |")
     if st := res.get("storm"):
         rows.append(f"| a reconnect storm: {st['target']:,} sockets at once on a fresh process (no pacing, counted at "
                     f"the upgrade): subscribed / refused / until the last `subscribed` | – | {st['subscribed']:,} / "
                     f"{st['refused']:,} / {st['seconds']} s | all, 0 refused |")
     if b := res.get("board"):
+        one, four = b.get("1hz") or {}, b.get("4hz") or {}
         if "skipped" in b:
             rows.append(f"| dispatcher's board, 1,000 parcels at 1 Hz | – | not measured ({b['skipped']}) | – |")
-        else:
-            one, four = b.get("1hz") or {}, b.get("4hz") or {}
-            if one:
-                drivers = one["drivers"] or {}
-                rows.append(f"| dispatcher's board beside 1,000 parcels at 1 Hz: the board's p99 (from the server's "
-                            f"timestamp, conflation's wait included) / the drivers' fan-out p99 | – | "
-                            f"{fmt_ms(one['board']['latency_ms']['p99'])} / {fmt_ms(drivers.get('p99_ms'))} | – |")
-            if four:
-                fb = four["board"]
-                rows.append(f"| … 200 parcels at 4 Hz: updates per parcel per second on the board | – | "
-                            f"{fb['per_parcel_per_s']} (at most {fb['most_for_one_parcel']} in {fb['window_s']} s) | "
-                            f"≤ 1 |")
+        if one:
+            rows.append(f"| dispatcher's board beside 1,000 parcels at 1 Hz: the board's p99 (from the server's "
+                        f"timestamp, conflation's wait included) / the drivers' fan-out p99 | – | "
+                        f"{fmt_ms(one['board']['latency_ms']['p99'])} / {fmt_ms(one['drivers'].get('p99_ms'))} | – |")
+        if four:
+            fb = four["board"]
+            rows.append(f"| … 200 parcels at 4 Hz: updates per parcel per second on the board | – | "
+                        f"{fb['per_parcel_per_s']} (at most {fb['most_for_one_parcel']} in {fb['window_s']} s) | ≤ 1 |")
     if rd := res.get("redis"):
-        steps = rd.get("steps") or []
         one = {s["target_rate"]: s for s in sw}
-        parts = []
-        for s in steps:
-            base = one.get(s["target_rate"])
-            parts.append(f"{s['target_rate']:,.0f}/s p99 {fmt_ms(s['p99_ms'])}"
-                         + (f" (one process {fmt_ms(base['p99_ms'])})" if base else "")
-                         + ("" if s["pass"] else " fails"))
+        parts = [f"{s['target_rate']:,.0f}/s p99 {fmt_ms(s['p99_ms'])}"
+                 + (f" (one process {fmt_ms(one[s['target_rate']]['p99_ms'])})" if s["target_rate"] in one else "")
+                 + ("" if s["pass"] else " fails") for s in rd.get("steps") or []]
         rows.append(f"| two processes + Redis, drivers on one, viewers on the other | – | "
                     f"{'; '.join(parts) or '–'} | – |")
     if n := res.get("null"):
@@ -670,117 +530,109 @@ def summary_table(res: dict[str, Any]) -> str:
 
 
 def verdict(res: dict[str, Any]) -> list[str]:
-    out = []
+    out, holds = [], lambda ok: "HOLDS" if ok else "NOT MET"  # noqa: E731
     if sw := res.get("sweep"):
-        at = [s for s in sw if s["target_rate"] >= TARGET_RATE and s["pass"]]
-        out.append(f"≥ {TARGET_RATE:,} updates/s at p99 < {BUDGET_MS} ms, none lost: {'HOLDS' if at else 'NOT MET'}")
+        ok = any(s["target_rate"] >= TARGET_RATE and s["pass"] for s in sw)
+        out.append(f"≥ {TARGET_RATE:,} updates/s at p99 < {BUDGET_MS} ms, none lost: {holds(ok)}")
     if r := res.get("rate200"):
-        out.append(f"1,600/s (200 × 8 Hz) at p99 < {BUDGET_MS} ms: {'HOLDS' if r['pass'] else 'NOT MET'}")
+        out.append(f"1,600/s (200 × 8 Hz) at p99 < {BUDGET_MS} ms: {holds(r['pass'])}")
     if h := res.get("handshakes"):
-        ok = h["median_per_s"] >= 2000 and h["all_subscribed"]
-        out.append(f"≥ 2,000 handshakes/s: {'HOLDS' if ok else 'NOT MET'}")
+        out.append(f"≥ 2,000 handshakes/s: {holds(h['median_per_s'] >= 2000 and h['all_subscribed'])}")
     if st := res.get("storm"):
-        ok = st["subscribed"] == st["target"] and not st["refused"]
         out.append(f"a storm of {st['target']:,} sockets: every one subscribed, none refused: "
-                   f"{'HOLDS' if ok else 'NOT MET'}")
+                   f"{holds(st['subscribed'] == st['target'] and not st['refused'])}")
     if t := res.get("ten_thousand"):
-        out.append(f"≤ 14 KiB per socket at {t['sockets']:,}: "
-                   f"{'HOLDS' if (t['kib_per_socket'] or 99) <= 14 else 'NOT MET'}")
-        run = t.get("run") or {}
+        out.append(f"≤ 14 KiB per socket at {t['sockets']:,}: {holds((t['kib_per_socket'] or 99) <= 14)}")
         out.append(f"{t['sockets']:,} held at 1 Hz, p99 < {BUDGET_MS} ms: "
-                   f"{'HOLDS' if t['held'] and run.get('pass') else 'NOT MET'}")
+                   f"{holds(t['held'] and (t.get('run') or {}).get('pass'))}")
     return out
 
 
 # -- main ------------------------------------------------------------------------------------
 
 
-async def bench(args: argparse.Namespace, modules: Path, res: dict[str, Any]) -> None:
-    cases = args.cases
-    scratch = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
-    data = scratch / "data"
-    started = time.monotonic()
+async def bench(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    cases, scratch = args.cases, Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    data, started = scratch / "data", time.monotonic()
 
     def header(text: str) -> None:
         print(f"\n## {text}  [{time.monotonic() - started:.0f} s]", flush=True)
 
     if "null" in cases:
         header("0. the generator's ceiling: null_server.js (no auth, no database), 1,000 parcels × 3 sockets")
-        res["null"] = await null_ceiling(args, modules, scratch)
-
-    needs_app = set(cases) - {"null"}
-    if not needs_app and not args.profile:
+        res["null"] = await null_ceiling(args, scratch)
+    if not set(cases) - {"null"} and not args.profile:
         return
     big = 3334 if {"10k", "storm"} & set(cases) and not args.quick else 1000  # quick: 3,000 sockets
-    env = app_env(ACCESS_TOKEN_TTL="7200", BCRYPT_ROUNDS="4")  # tokens must outlive the run; logins cheap
-    header(f"setup: app.py serve --no-demo --data-dir {data}; {big:,} parcels through the API")
+    env = app_env(ACCESS_TOKEN_TTL="7200", BCRYPT_ROUNDS="4")  # tokens must outlive the run
+    header(f"setup: {big:,} parcels in the database with the product's models, then app.py serve --no-demo "
+           f"--data-dir {data}")
+    fx = await seed(Settings.from_env(env, data_dir=data).with_secret(), big)
+    res["fixture"] = {"parcels": len(fx.parcels), "users": fx.users, "seconds": round(fx.seconds, 1)}
+    print(f"   {len(fx.parcels):,} parcels, {fx.users:,} users in {fx.seconds:.0f} s")
     app = App(env, data).start()
     try:
         print(f"   app pid {app.pid}, database pid {app.db_pid}, port {app.server.port}")
-        fx = await fixtures.build(app.server, data, big)
-        res["fixture"] = {"parcels": len(fx.parcels), "seconds": round(fx.seconds, 1), "requests": fx.requests}
-        print(f"   {len(fx.parcels):,} parcels, {len(fx.parcels) + 2 * -(-big // 100) + 1:,} users, "
-              f"{fx.requests:,} API calls in {fx.seconds:.0f} s")
         fx1000 = fx.write(scratch / "fixture-1000.json", app.ws_url, 1000)
         with CpuSampler({"app": app.pid, "db": app.db_pid}) as sampler:
             if "sweep" in cases:
                 header(f"1. sweep: 1,000 parcels × (driver + 2 viewers) = 3,000 sockets, {args.rates} Hz per driver")
                 await app.wait_idle()
-                res["sweep"] = await sweep(args, app, modules, fx1000, sampler)
-                best, hold = best_passing(res["sweep"]), sustained(res["sweep"])
-                print(f"   sustained: {hold or 0:,.0f} updates/s; best passing step "
+                reports = await load(args, fx1000, "sweep", app.pids, "--parcels", "1000", "--rates", args.rates,
+                                     "--duration", str(args.duration), sampler=sampler)
+                res["sweep"] = sw = [step_row(r) for r in latest_steps(reports)]
+                print_steps(sw)
+                best = best_passing(sw)
+                print(f"   sustained: {sustained(sw) or 0:,.0f} updates/s; best passing step "
                       f"{best['target_rate'] if best else 0:,.0f}; target ≥ {TARGET_RATE:,} at p99 < {BUDGET_MS} ms "
                       f"with nothing lost: {'HOLDS' if best and best['target_rate'] >= TARGET_RATE else 'NOT MET'}")
-            if "rate200" in cases:
-                header("2. 200 parcels × 8 Hz = 1,600 updates/s")
+            for case, title, stalled in (("rate200", "2. 200 parcels × 8 Hz = 1,600 updates/s", 0),
+                                         ("slow", "2b. the same with 20 subscribers that never read (one each on "
+                                          "the first 20 parcels)", 20)):
+                if case not in cases:
+                    continue
+                header(title)
                 await app.wait_idle()
-                row, _ = await fixed_rate(args, app, modules, fx1000, sampler, 200, 8, "200x8")
-                res["rate200"] = row
-                if row:
-                    print_steps([row])
-            if "slow" in cases:
-                header("2b. the same with 20 subscribers that never read (one each on the first 20 parcels)")
-                await app.wait_idle()
-                stalled = [await never_reads(app.server.port, p["parcel_id"], fx.dispatcher_token)
-                           for p in fx.parcels[:20]]
+                quiet = [await never_reads(app.server.port, p["parcel_id"], fx.dispatcher_token)
+                         for p in fx.parcels[:stalled]]
                 try:
-                    row, _ = await fixed_rate(args, app, modules, fx1000, sampler, 200, 8, "200x8+stalled")
+                    row = res[case] = last_row(await load(args, fx1000, "200x8" + "+stalled" * bool(stalled), app.pids,
+                                                          "--parcels", "200", "--rate", "8", "--duration",
+                                                          str(args.duration), sampler=sampler))
                 finally:
-                    for w in stalled:
+                    for w in quiet:
                         w.close()
-                    await asyncio.gather(*(w.wait_closed() for w in stalled), return_exceptions=True)
-                res["slow"] = row
+                    await asyncio.gather(*(w.wait_closed() for w in quiet), return_exceptions=True)
                 if row:
                     print_steps([row])
-                    base = res.get("rate200")
-                    if base and base["p99_ms"]:
+                    if stalled and (base := res.get("rate200")) and base["p99_ms"]:
                         print(f"   p99 with them / without: {row['p99_ms'] / base['p99_ms']:.2f}x")
             if "handshakes" in cases:
                 header("3. handshakes: 1,002 authenticated sockets, 100 in flight")
-                res["handshakes"] = await handshakes(args, app, modules, fx1000)
+                res["handshakes"] = await handshakes(args, app, fx1000)
                 print(f"   median {res['handshakes']['median_per_s']:,.0f}/s (target ≥ 2,000)")
             if "board" in cases:
                 header("4. the dispatcher's board: 1,000 parcels at 1 Hz, one board on /ws/dispatch/")
                 await app.wait_idle()
-                res["board"] = await board_case(args, app, modules, fx1000, sampler, fx.dispatcher_token)
-        if "10k" in cases:
-            header(f"5. {3 * big:,} sockets ({big:,} parcels × 3) on a freshly started process")
+                res["board"] = await board_case(args, app, fx1000, sampler, fx.dispatcher_token)
+        for case, title in (("10k", f"5. {3 * big:,} sockets ({big:,} parcels × 3)"),
+                            ("storm", f"5b. a reconnect storm: {3 * big:,} sockets at once")):
+            if case not in cases:
+                continue
+            header(f"{title} on a freshly started process")
             app.stop()
             app = App(env, data).start()
             print(f"   app pid {app.pid}, database pid {app.db_pid}")
-            path = fx.write(scratch / "fixture-all.json", app.ws_url)
+            every = fx.write(scratch / "fixture-all.json", app.ws_url)
+            if case == "storm":
+                res["storm"] = await storm(args, app, every, 3 * big)
+                continue
             with CpuSampler({"app": app.pid, "db": app.db_pid}) as sampler:
-                res["ten_thousand"] = await ten_thousand(args, app, modules, path, sampler, big)
-        if "storm" in cases:
-            header(f"5b. a reconnect storm: {3 * big:,} sockets at once on a freshly started process")
-            app.stop()
-            app = App(env, data).start()
-            print(f"   app pid {app.pid}, database pid {app.db_pid}")
-            res["storm"] = await storm(app, modules, fx.write(scratch / "fixture-all.json", app.ws_url), 3 * big)
+                res["ten_thousand"] = await ten_thousand(args, app, every, sampler, big)
         if "redis" in cases:
             header("6. two processes behind one Redis: drivers on process 1, viewers on process 2")
             app.stop()
-            res["redis"] = await redis_pair(args, env, data, modules, fx, scratch)
+            res["redis"] = await redis_pair(args, env, data, fx, scratch)
         if args.profile:
             header(f"7. profile: py-spy on the app and the database, 1,000 parcels × {args.profile_rate:g} Hz")
             if app.server.process is None or app.server.process.poll() is not None:
@@ -788,7 +640,7 @@ async def bench(args: argparse.Namespace, modules: Path, res: dict[str, Any]) ->
                 fx1000 = fx.write(scratch / "fixture-1000.json", app.ws_url, 1000)
             await app.wait_idle()
             with CpuSampler({"app": app.pid, "db": app.db_pid}) as sampler:
-                res["profile"] = await profile(args, app, modules, fx1000, sampler, scratch)
+                res["profile"] = await profile(args, app, fx1000, sampler, scratch)
     finally:
         app.stop()
         res["seconds"] = round(time.monotonic() - started)
@@ -797,12 +649,12 @@ async def bench(args: argparse.Namespace, modules: Path, res: dict[str, Any]) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    fds = raise_file_limit()
-    modules = generator.node_modules()
+    fds = generator.raise_file_limit()
+    args.modules = generator.node_modules()
     res: dict[str, Any] = {"meta": {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "commit": git_commit(), "cores": os.cpu_count(),
-        "python": platform.python_version(), "node": subprocess.run(["node", "--version"], capture_output=True,
-                                                                      text=True).stdout.strip(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "commit": generator.git_commit(),
+        "cores": os.cpu_count(), "python": platform.python_version(),
+        "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
         "quick": args.quick, "rates": args.rates, "duration_s": args.duration, "budget_ms": BUDGET_MS,
         "file_limit": fds, "cases": args.cases}}
     print(f"# make bench{' --quick' if args.quick else ''}: {os.cpu_count()} cores, commit {res['meta']['commit']}, "
@@ -810,25 +662,21 @@ def main(argv: list[str] | None = None) -> int:
     if fds < 10100 and "10k" in args.cases:
         print(f"   (a file limit of {fds} is too low for 10,002 sockets a side: ulimit -n 20000 first)")
     try:
-        asyncio.run(bench(args, modules, res))
+        asyncio.run(bench(args, res))
     except KeyboardInterrupt:
         print("interrupted")
     res["loadgen_reports"] = generator.RAW
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    name = "fanout-quick" if args.quick else "fanout"
-    if args.cases != list(CASES):  # a partial run does not overwrite the whole run's results
-        name += "-" + "-".join(args.cases)
+    # a partial run does not overwrite the whole run's results
+    name = ("fanout-quick" if args.quick else "fanout") + ("-" + "-".join(args.cases) if args.cases != list(CASES)
+                                                          else "")
     (args.out_dir / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))
     png = plot(res, args.out_dir / f"{name}.png") if res.get("sweep") else None
     table = summary_table(res)
-    lines = verdict(res)
-    (args.out_dir / f"{name}.md").write_text(
-        f"<!-- make bench{' ARGS=--quick' if args.quick else ''}, {res['meta']['when']}, commit "
-        f"{res['meta']['commit']} -->\n\n{table}\n")
-    print(f"\n## Summary ({res.get('seconds', '?')} s)\n")
-    print(table)
-    print()
-    for line in lines:
+    (args.out_dir / f"{name}.md").write_text(f"<!-- make bench{' ARGS=--quick' if args.quick else ''}, "
+                                             f"{res['meta']['when']}, commit {res['meta']['commit']} -->\n\n{table}\n")
+    print(f"\n## Summary ({res.get('seconds', '?')} s)\n\n{table}\n")
+    for line in verdict(res):
         print(f"- {line}")
     print(f"\nresults: {args.out_dir / (name + '.json')}" + (f", {png}" if png else "")
           + f", {args.out_dir / (name + '.md')}")

@@ -3,8 +3,8 @@ server's processes while it runs.
 
 The generator is one Node process of its own; it prints one JSON line per phase
 (`connect`, `hold`, `step`/`run`, `sweep_summary`) and its log on stderr. `run()` returns
-those reports, each with the app's and the database's CPU over that phase's window
-(the generator reports them summed; a `CpuSampler` thread reads /proc for each apart).
+those reports, each with the cores every watched process used over that phase
+(`cpu_split`: the generator reports them summed; a `CpuSampler` thread reads /proc for each).
 """
 
 from __future__ import annotations
@@ -13,41 +13,28 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT.parent / "shared" / "bench"
+HERE = Path(__file__).resolve().parent
+BENCH = HERE.parent.parent / "shared" / "bench"
 LOADGEN = BENCH / "loadgen.js"
 NULL_SERVER = BENCH / "null_server.js"
-PRELOAD = Path(__file__).resolve().parent / "loadgen_preload.js"
-SCRATCH = Path(__file__).resolve().parent / ".node"  # gitignored; `make bench` installs here
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RAW: dict[str, list[dict[str, Any]]] = {}  # every report of every run, by label, for the results file
+Report = dict[str, Any]
 
 
 def node_modules() -> Path:
-    """`ws` for the generator: $BENCH_NODE_MODULES (what `make bench` sets), else an npm
-    install into benchmarks/.node/ (outside any tracked path)."""
-    given = os.environ.get("BENCH_NODE_MODULES")
-    if given and (Path(given) / "ws").is_dir():
-        return Path(given)
-    target = SCRATCH / "node_modules"
-    if (target / "ws").is_dir():
-        return target
-    if not shutil.which("npm") or not shutil.which("node"):
-        raise RuntimeError("node and npm are needed for the load generator (apt-get install nodejs npm)")
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    shutil.copy(BENCH / "package.json", SCRATCH / "package.json")
-    print(f"npm install into {SCRATCH}", flush=True)
-    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=SCRATCH, check=True)
-    return target
+    """`ws` for the generator, where `make bench` installs it ($BENCH_NODE_MODULES, else benchmarks/.node/)."""
+    path = Path(os.environ.get("BENCH_NODE_MODULES") or HERE / ".node" / "node_modules")
+    if not (path / "ws").is_dir():
+        raise RuntimeError(f"no `ws` in {path}: run it through make, which installs the generator's modules")
+    return path
 
 
 def raise_file_limit() -> int:
@@ -71,20 +58,17 @@ def cpu_seconds(pid: int) -> float | None:
 
 def rss_kib(pid: int) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 class CpuSampler:
     """Every 0.2 s: each named process's CPU seconds, so any window's share can be read back."""
 
     def __init__(self, pids: dict[str, int], every: float = 0.2) -> None:
-        self.pids = pids
-        self.every = every
+        self.pids, self.every = pids, every
         self.samples: list[tuple[float, dict[str, float | None]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -111,18 +95,16 @@ class CpuSampler:
         a = min(self.samples, key=lambda s: abs(s[0] - start))
         b = min(self.samples, key=lambda s: abs(s[0] - end))
         wall = b[0] - a[0]
-        out: dict[str, float | None] = {}
-        for name in self.pids:
-            x, y = a[1].get(name), b[1].get(name)
-            out[name] = None if x is None or y is None or wall <= 0 else round((y - x) / wall, 3)
-        return out
+        used = {name: (a[1].get(name), b[1].get(name)) for name in self.pids}
+        return {name: None if x is None or y is None or wall <= 0 else round((y - x) / wall, 3)
+                for name, (x, y) in used.items()}
 
 
 async def run(args: list[str], *, modules: Path, sampler: CpuSampler | None = None, label: str = "",
               split_driver_url: str | None = None, echo: bool = True, max_seconds: float = 900,
-              on_line: Callable[[str], None] | None = None, subscribe_report: bool = True) -> list[dict[str, Any]]:
-    """Run loadgen.js with `args`; every JSON report it printed, in order, each with
-    `cpu_split` (cores per watched process over the phase) when a sampler is given.
+              on_line: Callable[[str], None] | None = None, on_report: Callable[[Report], None] | None = None,
+              subscribe_report: bool = True) -> list[Report]:
+    """Run loadgen.js with `args`; every JSON report it printed, in order.
 
     Through `loadgen_preload.js`: `subscribe_report` makes loadgen count a socket open
     when it is subscribed, not at the upgrade (this server authenticates after it), and
@@ -130,16 +112,13 @@ async def run(args: list[str], *, modules: Path, sampler: CpuSampler | None = No
     drivers' sockets there instead of the fixture's URL (two processes behind one broker)."""
     flag = "1" if subscribe_report else ""
     env = {**os.environ, "BENCH_NODE_MODULES": str(modules), "BENCH_SUBSCRIBE_REPORT": flag,
-           "BENCH_OPEN_ON_SUBSCRIBED": flag}
-    if split_driver_url:
-        env["BENCH_SPLIT_DRIVER_URL"] = split_driver_url
-    command = ["node", "--require", str(PRELOAD), str(LOADGEN), *args, "--max-total-s", str(int(max_seconds))]
-    if label:
-        command += ["--label", label]
+           "BENCH_OPEN_ON_SUBSCRIBED": flag, "BENCH_SPLIT_DRIVER_URL": split_driver_url or ""}
+    command = ["node", "--require", str(HERE / "loadgen_preload.js"), str(LOADGEN), *args,
+               "--max-total-s", str(int(max_seconds)), *(["--label", label] if label else [])]
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.PIPE, env=env, limit=2 ** 24)
     assert process.stdout is not None and process.stderr is not None
-    reports: list[dict[str, Any]] = []
+    reports: list[Report] = []
 
     async def log() -> None:
         async for raw in process.stderr:
@@ -147,8 +126,7 @@ async def run(args: list[str], *, modules: Path, sampler: CpuSampler | None = No
             if on_line is not None:
                 on_line(line)
             if echo:
-                sys.stdout.write(f"      {line}\n")
-                sys.stdout.flush()
+                print(f"      {line}", flush=True)
 
     async def read() -> None:
         async for raw in process.stdout:
@@ -156,11 +134,12 @@ async def run(args: list[str], *, modules: Path, sampler: CpuSampler | None = No
                 report = json.loads(raw)
             except ValueError:
                 continue
-            arrived = time.monotonic()
-            report["arrived_unix"] = time.time()
+            arrived, report["arrived_unix"] = time.monotonic(), time.time()
             if sampler is not None and report.get("wall_s"):
                 report["cpu_split"] = sampler.share(arrived - float(report["wall_s"]), arrived)
             reports.append(report)
+            if on_report is not None:
+                on_report(report)
 
     await asyncio.gather(log(), read(), process.wait())
     for r in find(reports, "subscribe"):
@@ -176,14 +155,17 @@ async def run(args: list[str], *, modules: Path, sampler: CpuSampler | None = No
     return reports
 
 
-def find(reports: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+def find(reports: list[Report], mode: str) -> list[Report]:
     return [r for r in reports if r.get("mode") == mode]
 
 
-def latest_steps(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def latest_steps(reports: list[Report]) -> list[Report]:
     """The last attempt of each step (loadgen reruns a failing step when the machine was noisy)."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for r in reports:
-        if r.get("mode") in ("step", "run"):
-            by_step[int(r.get("step", 0))] = r
+    by_step = {int(r.get("step", 0)): r for r in reports if r.get("mode") in ("step", "run")}
     return [by_step[k] for k in sorted(by_step)]
+
+
+def git_commit(root: Path = HERE.parent) -> str:
+    """The commit, `-dirty` with uncommitted changes to tracked files (read-only git)."""
+    return subprocess.run(["git", "--no-optional-locks", "describe", "--always", "--dirty"], cwd=root,
+                          capture_output=True, text=True).stdout.strip()

@@ -7,7 +7,7 @@ from typing import Any
 
 from auth import passwords, tokens
 from handlers.base import LOGIN_COOKIE, ApiHandler, Refused
-from models import geo, locations, parcels, shares, users
+from models import geo, intake, locations, parcels, shares, users
 from models.access import (
     ROLES,
     User,
@@ -113,24 +113,15 @@ class UsersHandler(ApiHandler):
         if not can_manage_users(self.require_user()):
             raise Refused(403, "only a dispatcher can create users")
         body = self.json_body()
-        email, password, role, name = (body.get(k) for k in ("email", "password", "role", "name"))
+        account, problems = users.check_account(*(body.get(k) for k in ("email", "password", "role", "name")))
+        if problems:
+            raise Refused(400, next(iter(problems.values())))
+        password_hash = await passwords.hash_password(account["password"], self.config.bcrypt_rounds)
         try:
-            email = users.check_email(email)
-        except users.InvalidEmail as e:
-            raise Refused(400, str(e)) from None
-        if not isinstance(password, str) or (problem := passwords.check_length(password)):
-            raise Refused(400, problem if isinstance(password, str) else "password is required")
-        if role not in ROLES:
-            raise Refused(400, f"role must be one of {', '.join(ROLES)}")
-        if name is not None and (not isinstance(name, str) or len(name) > 100):
-            raise Refused(400, "name must be text of at most 100 characters")
-        password_hash = await passwords.hash_password(password, self.config.bcrypt_rounds)
-        try:
-            user = await users.create_user(
-                self.db, email=email, password_hash=password_hash, role=role, name=name or ""
-            )
+            user = await users.create_user(self.db, email=account["email"], password_hash=password_hash,
+                                           role=account["role"], name=account["name"])
         except users.EmailTaken:
-            raise Refused(409, "a user with that email exists already") from None
+            raise Refused(409, users.EMAIL_TAKEN) from None
         self.send(user.public(), status=201)
 
 
@@ -142,6 +133,7 @@ class ParcelsHandler(ApiHandler):
         limit = self.int_argument("limit", 100, 1, parcels.MAX_PAGE)
         before = self.int_argument("before", None, 1, MAX_ID)
         page = await parcels.list_visible(self.db, user, limit=limit, before=before, statuses=self.statuses())
+        await parcels.with_stops_before(self.db, page.parcels)
         if page.next_before is not None:
             self.set_next_link(before=page.next_before)
         self.send([parcels.public(p) for p in page.parcels])
@@ -179,9 +171,14 @@ class ParcelsHandler(ApiHandler):
         try:
             pickup = geo.point(body.get("pickup"), "pickup")
             destination = geo.point(body.get("destination"), "destination")
+            extras = intake.extras(body)  # recipient, note, window (docs/protocol.md, "Creating parcels")
         except geo.InvalidLocation as e:
             raise Refused(400, str(e)) from None
-        parcel = await parcels.create_parcel(self.db, owner_id=owner_id, pickup=pickup, destination=destination)
+        except intake.InvalidField as e:
+            raise Refused(400, e.for_json()) from None
+        parcel = await parcels.create_parcel(self.db, owner_id=owner_id, pickup=pickup, destination=destination,
+                                             **extras)
+        self.application.events.created(parcel)
         self.send(parcels.public(parcel), status=201)
 
 
@@ -198,6 +195,7 @@ class ParcelHandlerBase(ApiHandler):
 class ParcelHandler(ParcelHandlerBase):
     async def get(self, parcel_id: str) -> None:
         _, parcel = await self.caller_and_parcel(parcel_id)
+        await parcels.with_stops_before(self.db, [parcel])
         self.send(parcels.public(parcel))
 
 
@@ -221,17 +219,41 @@ class StatusHandler(ParcelHandlerBase):
 
     async def post(self, parcel_id: str) -> None:
         user, parcel = await self.caller_and_parcel(parcel_id)
-        status = self.json_body().get("status")
+        body = self.json_body()
+        status = body.get("status")
         if status not in parcels.STATUSES:
             raise Refused(400, f"status must be one of {', '.join(parcels.STATUSES)}")
         if not may_set_status(user, parcel, status):
             raise Refused(403, "you may not change this parcel's status")
         try:
-            updated = await parcels.set_status(self.db, parcel["_id"], status)
+            failed = parcels.failure(body.get("reason"), body.get("note")) if status == "failed" else None
+            updated = await parcels.set_status(self.db, parcel["_id"], status, failed)
+        except parcels.InvalidChange as e:
+            raise Refused(400, str(e)) from None
         except parcels.TransitionRefused as e:
             raise Refused(409, str(e)) from None
         self.hub.parcel_changed(updated)
         self.send(parcels.public(updated))
+
+
+class RouteHandler(ApiHandler):
+    """PUT /api/drivers/<id>/route/: a dispatcher puts a driver's active parcels in an order."""
+
+    async def put(self, driver_id: str) -> None:
+        if not can_assign(self.require_user()):
+            raise Refused(403, "only a dispatcher can order a driver's stops")
+        driver = await users.get_user(self.db, int(driver_id))
+        if not may_drive(driver):
+            raise Refused(404, "no such driver")
+        order = self.json_body().get("parcels")
+        if not isinstance(order, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in order):
+            raise Refused(400, "parcels must be a list of parcel ids")
+        try:
+            route = await parcels.set_route(self.db, driver.id, order)
+        except parcels.InvalidChange as e:
+            raise Refused(400, str(e)) from None
+        self.hub.route_reordered(driver.id)
+        self.send({"driver_id": driver.id, "parcels": [doc["_id"] for doc in route]})
 
 
 class ShareHandler(ParcelHandlerBase):

@@ -167,7 +167,8 @@ class BaseHandler(tornado.web.RequestHandler):
             updated, previous = await parcels.assign_driver(self.db, parcel["_id"], driver.id)
         except parcels.TransitionRefused as e:
             raise Refused(409, str(e)) from None
-        self.hub.parcel_changed(updated, previous_driver_id=previous)
+        self.hub.parcel_changed(updated, previous_driver_id=previous,
+                                status_changed=updated["status"] != parcel["status"])
         return updated
 
     def int_argument(self, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -217,20 +218,24 @@ class ApiHandler(BaseHandler):
 
     The body streams in, so one over MAX_API_BODY_SIZE gets a 413 however it arrives: at
     once when its Content-Length says so, and after it has been read (and dropped) when it
-    comes in chunks, up to STREAMED_BODY_LIMIT (past that the server cuts the connection)."""
+    comes in chunks, up to STREAMED_BODY_LIMIT (past that the server cuts the connection).
+    A handler taking larger bodies (the CSV import) sets `max_body_size` and its message."""
+
+    max_body_size = MAX_API_BODY_SIZE
+    too_large = "the request body is too large"
 
     async def prepare(self) -> None:
         self._body: list[bytes] = []
         self._body_size = 0
         length = self.request.headers.get("Content-Length", "")
-        if length.isascii() and length.isdigit() and int(length) > MAX_API_BODY_SIZE:
-            raise Refused(413, "the request body is too large")
+        if length.isascii() and length.isdigit() and int(length) > self.max_body_size:
+            raise Refused(413, self.too_large)
         self.request.connection.set_max_body_size(STREAMED_BODY_LIMIT)
         await super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
-        if self._body_size <= MAX_API_BODY_SIZE:
+        if self._body_size <= self.max_body_size:
             self._body.append(chunk)
 
     def require_user(self) -> User:
@@ -238,11 +243,15 @@ class ApiHandler(BaseHandler):
             raise Refused(401, self.token_error or "authentication is required")
         return self.current_user
 
+    def raw_body(self) -> bytes:
+        """The body as sent; `Refused` 413 when it was over `max_body_size`."""
+        if self._body_size > self.max_body_size:
+            raise Refused(413, self.too_large)
+        return b"".join(self._body)
+
     def json_body(self) -> dict[str, Any]:
         try:
-            if self._body_size > MAX_API_BODY_SIZE:
-                raise Refused(413, "the request body is too large")
-            body = json.loads(b"".join(self._body) or b"null")
+            body = json.loads(self.raw_body() or b"null")
         except (ValueError, UnicodeDecodeError):
             raise Refused(400, "the body is not valid JSON") from None
         except RecursionError:

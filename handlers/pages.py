@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from handlers.base import LOGIN_COOKIE, BaseHandler, Refused, retry_after
-from models import parcels, shares, users
+from models import parcels, proofs, shares, users
 from models.access import User, can_share, may_drive
 from models.db import MAX_ID, iso, parse_id, utcnow
 from models.locations import EARLIEST_FIX, MAX_HISTORY_PAGE
@@ -29,7 +29,7 @@ ROLE_PLURALS = {"client": "clients", "driver": "drivers", "dispatcher": "dispatc
 NAV_BY_ROLE = {
     "client": [("/parcels", "My parcels")],
     "driver": [("/driver", "My deliveries")],
-    "dispatcher": [("/dispatch", "All parcels")],
+    "dispatcher": [("/dispatch", "All parcels"), ("/dispatch/people", "People")],
 }
 STATUS_LABELS = {
     "pending": "Waiting for a driver",
@@ -37,7 +37,13 @@ STATUS_LABELS = {
     "picked_up": "Picked up",
     "in_transit": "In transit",
     "delivered": "Delivered",
+    "failed": "Not delivered",
     "cancelled": "Cancelled",
+}
+# Why a delivery failed, as people read it (models.parcels.FAILURE_REASONS, in that order).
+FAILURE_LABELS = {
+    "nobody_home": "Nobody home", "refused": "Refused by the recipient", "address_not_found": "Address not found",
+    "damaged": "Damaged", "other": "Another reason",
 }
 DRIVER_SEND_EVERY = 5  # seconds between two positions sent by the driver's page
 DELIVER_FAR_M = 300  # metres from the destination past which "Delivered" warns the driver how far they are
@@ -68,7 +74,8 @@ DISPATCH_FILTER_LABELS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 DISPATCH_FILTERS = {value: statuses for value, (_, statuses) in DISPATCH_FILTER_LABELS.items()}
 # The steps a driver takes from their page, in order, with the button's text.
-DRIVER_STEPS = (("picked_up", "Picked up"), ("in_transit", "In transit"), ("delivered", "Delivered"))
+DRIVER_STEPS = (("picked_up", "Picked up"), ("in_transit", "In transit"), ("delivered", "Delivered"),
+                ("failed", "Could not deliver"))
 ERROR_TITLES = {
     400: "Bad request", 401: "Log in again", 403: "Not allowed", 404: "Not found", 405: "Not allowed",
     409: "Not possible now", 503: "Temporarily unavailable",
@@ -134,8 +141,21 @@ def page_rules(config: Settings, **more: Any) -> str:
         "labels": STATUS_LABELS, "finished": sorted(parcels.FINISHED), "en_route": list(parcels.EN_ROUTE),
         "status_order": list(parcels.STATUSES), "last_seen_after_s": LAST_SEEN_AFTER,
         "history_page": MAX_HISTORY_PAGE, "send_every_s": DRIVER_SEND_EVERY,
-        "geofence_radius_m": config.geofence_radius_m, **more,
+        "geofence_radius_m": config.geofence_radius_m, "stops_texts": STOPS_TEXTS, **more,
     })
+
+
+# Where a parcel is on its driver's route, on the track and share pages (static/js/track.js words
+# a `route_position` with them too).
+STOPS_TEXTS = {"0": "Your parcel is the driver's next stop.", "1": "1 stop before yours.",
+               "n": "{n} stops before yours."}
+
+
+def stops_text(stops_before: int | None) -> str:
+    """"2 stops before yours" (STOPS_TEXTS), or nothing for a parcel on no route."""
+    if stops_before is None:
+        return ""
+    return STOPS_TEXTS.get(str(stops_before), STOPS_TEXTS["n"]).format(n=stops_before)
 
 
 def driver_rules(config: Settings) -> str:
@@ -143,7 +163,7 @@ def driver_rules(config: Settings) -> str:
     destination "Delivered" warns, and how accurate a fix must be to count for that."""
     return page_rules(config, texts=DRIVER_TEXTS, weak_gps_text=WEAK_GPS, max_offline_fixes=MAX_BATCH,
                       max_offline_age_s=MAX_OFFLINE_AGE, deliver_far_m=DELIVER_FAR_M,
-                      good_fix_accuracy_m=LOW_ACCURACY_M)
+                      good_fix_accuracy_m=LOW_ACCURACY_M, proof=proofs.limits())
 
 
 def place_text(point: dict[str, Any] | None) -> str:
@@ -170,16 +190,32 @@ def parcel_view(parcel: dict[str, Any], names: dict[int, str] | None = None) -> 
         "finished": parcel["status"] in parcels.FINISHED,
         "track_url": f"/parcels/{parcel['_id']}/track",
         "timeline": timeline_view(parcel),
+        "assignable": parcel["status"] in parcels.ASSIGNABLE,
+        "failure": failure_text(parcel),
+        "attempts": parcel.get("attempts", 0),
+        "stops_before": parcel.get("stops_before"),
+        "stops_text": stops_text(parcel.get("stops_before")),
     }
+
+
+def failure_text(parcel: dict[str, Any]) -> str:
+    """Why its last delivery failed ("Nobody home: the gate was locked"), while it is failed."""
+    failure = parcel.get("failure")
+    if parcel["status"] != "failed" or not failure:
+        return ""
+    reason = FAILURE_LABELS.get(failure["reason"], failure["reason"])
+    return f"{reason}: {failure['note']}" if failure.get("note") else reason
 
 
 def timeline_view(parcel: dict[str, Any]) -> list[dict[str, Any]]:
     """Every status the parcel passed, oldest first, with its label and time."""
     return [{"status": step["status"], "label": STATUS_LABELS.get(step["status"], step["status"]),
-             "timestamp": iso(step["timestamp"])} for step in parcel.get("timeline", ())]
+             "timestamp": iso(step["timestamp"]),
+             "reason": FAILURE_LABELS.get(step["reason"], step["reason"]) if "reason" in step else ""}
+            for step in parcel.get("timeline", ())]
 
 
-SHARED_FIELDS = ("id", "status", "status_label", "finished", "timeline")
+SHARED_FIELDS = ("id", "status", "status_label", "finished", "timeline", "stops_text")
 SHARE_PARCEL_NAME = "Your parcel"  # what the share page calls the parcel: its recipient's, not "Parcel #12"
 
 
@@ -207,6 +243,13 @@ def map_parcel(parcel: dict[str, Any], private: bool = True) -> dict[str, Any]:
         public["track_url"] = f"/parcels/{parcel['_id']}/track"
     else:
         del public["owner_id"], public["driver_id"]
+        # The recipient's name only, and not the note for the driver (docs/protocol.md, "Share links").
+        recipient = public.pop("recipient", None)
+        public["recipient"] = recipient and {"name": recipient.get("name")}
+        public.pop("note", None)
+        # A driver's note on a failed delivery is for the dispatcher, not the recipient.
+        del public["failure"]
+        public["timeline"] = [{k: v for k, v in step.items() if k != "note"} for step in public["timeline"]]
     return public
 
 
@@ -369,6 +412,7 @@ class TrackPage(PageHandler):
 
     async def get(self, parcel_id: str) -> None:
         parcel = await self.visible_parcel(parcel_id)
+        await parcels.with_stops_before(self.db, [parcel])
         driver = await users.get_user(self.db, parcel["driver_id"]) if parcel.get("driver_id") else None
         self.page(
             "track.html",
@@ -377,6 +421,8 @@ class TrackPage(PageHandler):
             rules_json=page_rules(self.config),
             history_url=f"/api/parcels/{parcel['_id']}/locations/",
             share_api=f"/api/parcels/{parcel['_id']}/share/" if can_share(self.current_user, parcel) else "",
+            proof=proofs.public(parcel.get("proof"), proofs.files_url(parcel["_id"])),
+            proof_source=f"/api/parcels/{parcel['_id']}/",  # the parcel, with its `proof` once delivered
             **self.map_context(),
         )
 
@@ -393,6 +439,7 @@ class SharePage(PageHandler):
 
     async def get(self, token: str) -> None:
         parcel = await self.shared_parcel(token)
+        await parcels.with_stops_before(self.db, [parcel])
         driver = await users.get_user(self.db, parcel["driver_id"]) if parcel.get("driver_id") else None
         shown = map_parcel(parcel, private=False)
         last = shown["last_location"]
@@ -400,6 +447,7 @@ class SharePage(PageHandler):
             shown["last_location"] = None  # before it is on its way to them (or after): no truck
         for end in ("pickup", "destination"):
             shown[end]["label"] = rough_place(parcel[end])
+        shown["proof"] = proofs.public(proofs.shown(parcel, pending=False), proofs.link_files_url(token))
         self.page(
             "share.html",
             parcel=share_view(parcel, driver.name if driver else ""),
@@ -411,6 +459,8 @@ class SharePage(PageHandler):
             business_name=self.config.business_name,
             position_statuses=shares.POSITION_STATUSES,
             no_position_text=shares.NO_POSITION_YET,
+            proof=shown["proof"],
+            proof_source=f"/t/{token}/proof",
             **self.map_context(),
         )
 
@@ -421,16 +471,27 @@ class SharePage(PageHandler):
         self.page("share_gone.html", business_name=self.config.business_name)
 
 
+def failure_choices() -> dict[str, Any]:
+    """What the driver's "Could not deliver" dialog offers (templates/_fail_dialog.html)."""
+    return {"failure_reasons": [(reason, FAILURE_LABELS[reason]) for reason in parcels.FAILURE_REASONS],
+            "max_failure_note": parcels.MAX_FAILURE_NOTE}
+
+
 def driver_view(parcel: dict[str, Any]) -> dict[str, Any]:
     """A parcel as the driver's pages show it: `parcel_view`, its next steps, and where its
     destination is (the "Delivered" confirmation measures the driver's distance to it)."""
+    recipient = parcel.get("recipient") or {}
+    window = parcel.get("window") or {}
     return {**parcel_view(parcel), "steps": driver_steps(parcel),
-            "to_lat": parcel["destination"]["lat"], "to_lng": parcel["destination"]["lng"]}
+            "to_lat": parcel["destination"]["lat"], "to_lng": parcel["destination"]["lng"],
+            "recipient": recipient.get("name") or "", "phone": recipient.get("phone") or "",
+            "note": parcel.get("note") or "",
+            "window_from": iso(window["from"]) if window else "", "window_to": iso(window["to"]) if window else ""}
 
 
 class DriverParcelsPage(PageHandler):
-    """The driver's parcels: every active one in the order they came in (oldest first; no
-    driving order is worked out), and the latest finished ones."""
+    """The driver's parcels: every active one in their route's order (a dispatcher sets it,
+    docs/protocol.md, "The route"), and the latest finished ones."""
 
     roles = ("driver",)
 
@@ -441,7 +502,7 @@ class DriverParcelsPage(PageHandler):
         self.page("driver.html", active=[driver_view(p) for p in active],
                   finished=[parcel_view(p) for p in finished.parcels],
                   rules_json=driver_rules(self.config),
-                  ws_url=self.config.public_ws_url)
+                  ws_url=self.config.public_ws_url, **failure_choices())
 
 
 class DriverParcelPage(PageHandler):
@@ -460,6 +521,7 @@ class DriverParcelPage(PageHandler):
             help_text=finished if view["finished"] else DRIVER_TEXTS["help_off"],
             rules_json=driver_rules(self.config),
             ws_url=self.config.public_ws_url,
+            **failure_choices(),
         )
 
 
@@ -493,17 +555,25 @@ class DispatchPage(PageHandler):
             rows, cursor = await parcels.active_first(self.db, scope, limit=PAGE_SIZE, before=before,
                                                       finished=finished)
             later = cursor and {"part": "finished" if cursor.finished else "", "before": cursor.before}
-        names = await self.names(rows)
+        attention: list[dict[str, Any]] = []
+        if scope is not None and not (shown or before or later_part or search.isdigit()):
+            # Failed deliveries lead the first page, to be assigned again or cancelled.
+            attention = (await parcels.find_page(self.db, scope, limit=PAGE_SIZE, statuses=("failed",))).parcels
+            leading = {p["_id"] for p in attention}
+            rows = [p for p in rows if p["_id"] not in leading]
+        stops = await parcels.with_stops_before(self.db, rows)
+        names = await self.names(rows + attention)
         drivers = await self.application.drivers.users()
         self.page(
             "dispatch.html",
-            parcels=[parcel_view(p, names) for p in rows],
+            parcels=[route_view(p, names, stops) for p in rows],
+            attention=[route_view(p, names, stops) for p in attention],
             drivers=[{"email": u.email, "label": u.name} for u in drivers],
             filters=[(value, label) for value, (label, _) in DISPATCH_FILTER_LABELS.items()],
             shown=shown, search=search, problem=problem,
             later=later and page_url(self.request.path, status=shown, q=search, **later),
             first=page_url(self.request.path, status=shown, q=search) if before or later_part else None,
-            notice=await self.assigned_notice(),
+            notice=await self.assigned_notice() or await self.moved_notice(),
             rules_json=page_rules(self.config, stale_after_s=BOARD_STALE_AFTER),
             driver_names_json=json.dumps({str(u.id): u.name or u.email for u in drivers}),
             **self.map_context(),
@@ -531,6 +601,48 @@ class DispatchPage(PageHandler):
         parcel = await parcels.get_parcel(self.db, assigned)
         driver = parcel and parcel.get("driver_id") and await users.get_user(self.db, parcel["driver_id"])
         return f"Parcel #{parcel['_id']} is now assigned to {user_label(driver)}." if driver else ""
+
+
+    async def moved_notice(self) -> str:
+        moved = parse_id(self.get_query_argument("moved", ""))
+        parcel = moved and await parcels.get_parcel(self.db, moved)
+        if not parcel or parcel["status"] in parcels.FINISHED or not parcel.get("driver_id"):
+            return ""
+        await parcels.with_stops_before(self.db, [parcel])
+        return f"Parcel #{parcel['_id']} is now stop {parcel['stops_before'] + 1} of its driver's route."
+
+
+def route_view(parcel: dict[str, Any], names: dict[int, str], stops: dict[int, int]) -> dict[str, Any]:
+    """A parcel of the dispatch list with its place on its driver's route, for the up and down buttons."""
+    view = {**parcel_view(parcel, names), "stop": None, "stops": 0}
+    if view["stops_before"] is not None:
+        view["stop"], view["stops"] = view["stops_before"] + 1, stops.get(parcel["driver_id"], 0)
+    return view
+
+
+class DispatchMove(PageHandler):
+    """The dispatch page's up and down buttons: a stop moves one place on its driver's route."""
+
+    roles = ("dispatcher",)
+
+    async def post(self, parcel_id: str) -> None:
+        parcel = await self.visible_parcel(parcel_id)
+        direction = self.get_body_argument("direction", "")
+        if direction not in ("up", "down"):
+            raise Refused(400, "Move a stop up or down.")
+        driver_id = parcel.get("driver_id")
+        if parcel["status"] in parcels.FINISHED or driver_id is None:
+            raise Refused(409, f"Parcel #{parcel['_id']} is on no driver's route.")
+        order = [doc["_id"] for doc in await parcels.active_for_driver(self.db, driver_id)]
+        at = order.index(parcel["_id"])
+        to = max(0, min(len(order) - 1, at + (-1 if direction == "up" else 1)))
+        order[at], order[to] = order[to], order[at]
+        try:
+            await parcels.set_route(self.db, driver_id, order)
+        except parcels.InvalidChange:  # the route changed meanwhile
+            raise Refused(409, "The route changed meanwhile; look at it again.") from None
+        self.hub.route_reordered(driver_id)
+        self.redirect(f"/dispatch?moved={parcel['_id']}#parcel-{parcel['_id']}")
 
 
 class DispatchAssign(PageHandler):

@@ -52,7 +52,7 @@ class TrackingSocket(Socket):
         self.count_in(user)
         self.parcel_id = parcel_id
         snapshot = self.hub.subscribe(self, parcel, loaded=known is None)
-        self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"]))
+        self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"], self.hub.stops_before(parcel_id)))
         if snapshot:
             self.send_text(snapshot)
 

@@ -21,9 +21,14 @@ class User:
     email: str = ""
     name: str = ""
     session: int = 0  # moves on at logout, a new password or a new role: older tokens stop working
+    active: bool = True  # a deactivated user cannot log in or be given parcels (docs/protocol.md, "People")
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "email": self.email, "name": self.name, "role": self.role}
+
+    def managed(self) -> dict[str, Any]:
+        """The user as a dispatcher manages them: `public()` and whether they are active."""
+        return {**self.public(), "active": self.active}
 
 
 def link_viewer(parcel_id: int) -> User:
@@ -58,6 +63,12 @@ def visible_scope(user: User) -> dict[str, Any] | None:
 def can_share(user: User, parcel: Mapping[str, Any]) -> bool:
     """Its owner and dispatchers make and revoke a parcel's share links."""
     return user.role == "dispatcher" or (user.role == "client" and parcel.get("owner_id") == user.id)
+
+
+def can_record_proof(user: User, parcel: Mapping[str, Any]) -> bool:
+    """Only the driver a parcel is assigned to records its proof of delivery (docs/protocol.md,
+    "Proof of delivery"); whoever may see the parcel sees the proof."""
+    return user.role == "driver" and parcel.get("driver_id") == user.id
 
 
 def can_send_location(user: User, driver_id: int | None) -> bool:
@@ -99,12 +110,13 @@ def names_owner(user: User) -> bool:
 
 
 def may_own_parcels(user: User | None) -> bool:
-    return user is not None and user.role == "client"
+    """Can parcels be created for this user? An active client."""
+    return user is not None and user.role == "client" and user.active
 
 
 def may_drive(user: User | None) -> bool:
-    """Can parcels be assigned to this user?"""
-    return user is not None and user.role == "driver"
+    """Can parcels be assigned to this user? An active driver."""
+    return user is not None and user.role == "driver" and user.active
 
 
 def can_assign(user: User) -> bool:
@@ -112,8 +124,13 @@ def can_assign(user: User) -> bool:
 
 
 def can_manage_users(user: User) -> bool:
-    """Dispatchers create accounts and change roles."""
+    """Dispatchers create accounts, change roles, deactivate and activate people."""
     return user.role == "dispatcher"
+
+
+def may_deactivate(user: User, user_id: int) -> bool:
+    """A dispatcher deactivates anyone but themselves: so one active dispatcher always remains."""
+    return can_manage_users(user) and user_id != user.id
 
 
 def may_set_status(user: User, parcel: Mapping[str, Any], status: str) -> bool:

@@ -14,13 +14,14 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, _csot
+from gridfs import AsyncGridFSBucket
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne, _csot
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 SEQUENCES = ("users", "parcels")
 MAX_ID = 2**63 - 1  # ids are BSON int64
 ID = r"[0-9]{1,18}"  # an id as it appears in a URL (routes, query arguments): always fits MAX_ID
-SCHEMA_VERSION = 2  # 2: parcels carry `seq` (their id again, for ranges) and `timeline`
+SCHEMA_VERSION = 3  # 2: parcels carry `seq` (their id again, for ranges) and `timeline`; 3: users carry `search`
 
 
 def parse_id(text: str) -> int | None:
@@ -144,6 +145,7 @@ class Database:
         self.locations = self.db["locations"]
         self.counters = self.db["counters"]
         self.share_links = self.db["share_links"]  # by token (_id); models/shares.py
+        self.proofs = AsyncGridFSBucket(self.db, bucket_name="proofs")  # proofs.files, proofs.chunks; models/proofs.py
         self.retention = timedelta(days=retention_days)
         self.ttl_index = ttl_index
 
@@ -162,6 +164,11 @@ class Database:
     async def _create_indexes(self) -> None:
         await self.users.create_index("email", unique=True)  # stored lower-cased
         await self.users.create_index("role")
+        # A page of people is a window of ids within a role, a search key, or both
+        # (models.users.find_people): a range on `_id` after equalities in a compound index is served.
+        await self.users.create_index([("role", ASCENDING), ("_id", ASCENDING)])
+        await self.users.create_index([("search", ASCENDING), ("_id", ASCENDING)])
+        await self.users.create_index([("role", ASCENDING), ("search", ASCENDING), ("_id", ASCENDING)])
         # A page of parcels is a window of `seq` (the id) within a scope: everyone's, one
         # status's, one owner's or one driver's. The embedded server serves equality
         # prefixes plus one range, and no range on `_id`.
@@ -176,6 +183,10 @@ class Database:
         # before then. No TTL index: a command on MONGODB_URI and a server on the same database would
         # ask for the same index with and without one (an error), and a link is small.
         await self.share_links.create_index("expires_at")
+        # GridFS's own indexes (the names it would give them), made here: models.proofs skips the
+        # check GridFS makes before every upload, a scan of both collections on the embedded server.
+        await self.db["proofs.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+        await self.db["proofs.chunks"].create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
 
     async def _retention_index(self) -> None:
         """The index on a sample's time that retention deletes by: a TTL index, so MongoDB
@@ -199,9 +210,10 @@ class Database:
                 pass
 
     async def _migrate(self) -> None:
-        """Bring parcels stored by an older version up to SCHEMA_VERSION (once: a full pass)."""
+        """Bring parcels and users stored by an older version up to SCHEMA_VERSION (once: a full pass)."""
         schema = await self.counters.find_one({"_id": "schema"})
-        if schema is None and await self.counters.find_one({"_id": "parcels", "value": 0}):
+        if schema is None and await self.counters.find_one({"_id": "parcels", "value": 0}) \
+                and await self.counters.find_one({"_id": "users", "value": 0}):
             # a fresh database: nothing to migrate
             await self.counters.insert_one({"_id": "schema", "value": SCHEMA_VERSION})
             return
@@ -215,7 +227,22 @@ class Database:
         for old in ("owner_id_1__id_1", "driver_id_1__id_1"):  # served the version 1 lists
             if old in await self.parcels.index_information():
                 await self.parcels.drop_index(old)
+        await self._add_search_keys()
         await self.counters.update_one({"_id": "schema"}, {"$set": {"value": SCHEMA_VERSION}}, upsert=True)
+
+    async def _add_search_keys(self) -> None:
+        """Schema 3: every user gets the `search` keys a dispatcher finds them by (once: a full pass)."""
+        from models.users import search_keys  # models.users builds on this module
+
+        writes: list[UpdateOne] = []
+        async for doc in self.users.find({}, {"email": 1, "name": 1}):
+            keys = search_keys(doc["email"], doc.get("name", ""))
+            writes.append(UpdateOne({"_id": doc["_id"]}, {"$set": {"search": keys}}))
+            if len(writes) == 500:
+                await self.users.bulk_write(writes, ordered=False)
+                writes = []
+        if writes:
+            await self.users.bulk_write(writes, ordered=False)
 
     async def next_id(self, sequence: str) -> int:
         """The next integer id of a sequence (users, parcels), atomically."""
@@ -223,6 +250,14 @@ class Database:
             {"_id": sequence}, {"$inc": {"value": 1}}, return_document=ReturnDocument.AFTER
         )
         return int(doc["value"])
+
+    async def reserve_ids(self, sequence: str, n: int) -> range:
+        """`n` consecutive ids of a sequence in one atomic step (an import's parcels), as a range."""
+        doc = await self.counters.find_one_and_update(
+            {"_id": sequence}, {"$inc": {"value": n}}, return_document=ReturnDocument.AFTER
+        )
+        last = int(doc["value"])
+        return range(last - n + 1, last + 1)
 
     async def last_id(self, sequence: str) -> int:
         """The highest id handed out so far."""

@@ -25,9 +25,9 @@ NOT_LIVE = "the parcel is {status}; this link no longer shows it live"
 
 
 # A link shows the driver's position only while its parcel is in one of these statuses
-# (CONTRACT §7; a route will add "and it is the driver's next stop": `position_since`).
+# and the driver's next stop (`position_since`).
 POSITION_STATUSES = ("in_transit",)
-NO_POSITION_YET = "The driver's position is shown here once your parcel is on its way to you."
+NO_POSITION_YET = "The driver's position is shown here once your parcel is on its way and the driver's next stop."
 
 
 def version(parcel: Mapping[str, Any]) -> int:
@@ -95,13 +95,19 @@ def names(link: Mapping[str, Any] | None, now: datetime) -> tuple[int, int] | No
 
 def position_since(parcel: Mapping[str, Any], now: datetime) -> datetime | None:
     """From when a link shows the driver's position: the moment its parcel last went
-    `in_transit`, while it is (now, if the timeline does not say when); None while the
-    link shows no position at all, neither live nor as history. The one place this rule
-    lives: the page, the history, the socket's snapshot and its live frames all ask it."""
+    `in_transit` and was the driver's next stop, while it is both (now, if the timeline does
+    not say when); None while the link shows no position at all, neither live nor as
+    history. The one place this rule lives: the page, the history, the socket's snapshot
+    and its live frames all ask it. (A parcel stored before routes existed has no
+    `next_stop_since` at all: in transit is enough for it.)"""
     if parcel["status"] not in POSITION_STATUSES:
         return None
     moments = [step["timestamp"] for step in parcel.get("timeline", ()) if step["status"] == parcel["status"]]
-    return moments[-1] if moments and moments[-1] is not None else now
+    since = moments[-1] if moments and moments[-1] is not None else now
+    if "next_stop_since" in parcel:  # on a route (docs/protocol.md, "The route")
+        first = parcel["next_stop_since"]
+        return None if first is None else max(since, first)
+    return since
 
 
 def position_since_text(parcel: Mapping[str, Any], now: datetime) -> str | None:

@@ -1,7 +1,8 @@
 """A parcel's channel: everything the hub holds of one parcel, in one object.
 
 The hub (realtime/hub.py) keeps one `Channel` per parcel it has seen: its subscribers,
-what the hub knows of the parcel (`ParcelState`, while it has subscribers), the latest
+what the hub knows of the parcel (`ParcelState`, while it has subscribers), its place on
+its driver's route, the latest
 location broadcast and the journey behind it, the sampling count and the driver's
 position not yet written, the newest offline-batch fix stored, and the board's
 conflation (when its location last went to the boards, the frame held back since).
@@ -94,7 +95,7 @@ class Channel:
     """One parcel's subscribers and live state (see the module's docstring)."""
 
     __slots__ = ("parcel_id", "subscribers", "state", "stale", "latest", "journey", "accepted", "unsaved",
-                 "batch_newest", "board_sent", "board_waiting")
+                 "batch_newest", "board_sent", "board_waiting", "stops_before")
 
     def __init__(self, parcel_id: int) -> None:
         self.parcel_id = parcel_id
@@ -108,6 +109,7 @@ class Channel:
         self.batch_newest: datetime | None = None  # the newest offline-batch fix stored
         self.board_sent: float | None = None  # when its location last went to the boards (time.monotonic)
         self.board_waiting: bytes | None = None  # the latest location frame held back from the boards
+        self.stops_before: int | None = None  # its place on its driver's route, as last told (`route_position`)
 
     @property
     def idle(self) -> bool:

@@ -39,6 +39,7 @@ from models.locations import SampleWriter, thin_batch
 from realtime import protocol
 from realtime.broker import make_broker
 from realtime.channel import Channel, ParcelState, Position, Subscriber, stored_location
+from realtime.events import Events
 from realtime.frames import text_frame
 from realtime.journey import Journey
 from realtime.metrics import Metrics
@@ -67,11 +68,12 @@ class Hub:
 
     WHOLE_ROUTE = WHOLE_ROUTE  # for the route socket: its fix names no parcel
 
-    def __init__(self, db: Database, writer: SampleWriter, metrics: Metrics, *, sample_every: int,
+    def __init__(self, db: Database, writer: SampleWriter, metrics: Metrics, events: Events, *, sample_every: int,
                  broker_url: str, state_ttl: float, shutdown_timeout: float, geofence_radius_m: float) -> None:
         self.db = db
         self.metrics = metrics
         self.writer = writer
+        self.events = events
         self.sample_every = sample_every
         self.state_ttl = state_ttl
         self.shutdown_timeout = shutdown_timeout
@@ -82,6 +84,8 @@ class Hub:
         self._resync_wanted = False
         self._resyncing: asyncio.Task | None = None
         self._refresh_due = False  # a batch of re-reads (`_refresh`) is scheduled
+        self._routes_due: set[int] = set()  # drivers whose route is read and published next (`_route_soon`)
+        self._routing: asyncio.Task | None = None
         self._by_user: dict[int, set[Subscriber]] = {}
         self._routes: dict[int, set[Route]] = {}  # a driver's route sockets, by driver id
         self._boards: set[Subscriber] = set()
@@ -319,7 +323,8 @@ class Hub:
             if parcel is None or state is None:
                 continue
             if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
-                self.parcel_changed(parcel, previous_driver_id=state.driver_id)
+                self.parcel_changed(parcel, previous_driver_id=state.driver_id,
+                                    status_changed=parcel["status"] != state.status)
 
     # -- events in -----------------------------------------------------------
 
@@ -411,9 +416,12 @@ class Hub:
             self._save_unsaved(channel)
             self._release(channel)
 
-    def parcel_changed(self, parcel: dict[str, Any], previous_driver_id: int | None = None) -> None:
-        """A parcel's status or driver changed: tell its subscribers, cut off a replaced driver,
-        move it between drivers' routes."""
+    def parcel_changed(self, parcel: dict[str, Any], previous_driver_id: int | None = None,
+                       status_changed: bool = True) -> None:
+        """A parcel's status (`status_changed`) or driver changed: tell its subscribers, cut off a
+        replaced driver, move it between drivers' routes, and tell the outside (realtime/events.py)."""
+        if status_changed:
+            self.events.status_changed(parcel)
         self.broker.publish({
             "kind": "parcel", "parcel_id": parcel["_id"], "status": parcel["status"],
             "driver_id": parcel.get("driver_id"), "owner_id": parcel["owner_id"],
@@ -421,6 +429,34 @@ class Hub:
             "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
             "shown_from": shares.position_since_text(parcel, utcnow()),
         })
+        for driver_id in {parcel.get("driver_id"), previous_driver_id} - {None}:
+            self._route_soon(driver_id)
+
+    def route_reordered(self, driver_id: int) -> None:
+        """A dispatcher put a driver's stops in a new order (models.parcels.set_route)."""
+        self._route_soon(driver_id)
+
+    def _route_soon(self, driver_id: int) -> None:
+        """Read a driver's route and publish it (`_apply_route` in every process): once for any
+        number of changes this moment, and again for changes while it is read."""
+        self._routes_due.add(driver_id)
+        if self._routing is None or self._routing.done():
+            self._routing = self._spawn(self._publish_routes(), "publishing drivers' routes")
+
+    async def _publish_routes(self) -> None:
+        await asyncio.sleep(0)  # this moment's other changes join in
+        while self._routes_due:
+            driver_id = self._routes_due.pop()
+            try:
+                route = await parcels.active_for_driver(self.db, driver_id)
+            except Exception as e:
+                if not unreachable(e):
+                    raise
+                log.warning("could not read driver %d's route: %s", driver_id, str(e)[:120])
+                continue
+            now = utcnow()
+            self.broker.publish({"kind": "route", "driver_id": driver_id,
+                                 "stops": [[doc["_id"], shares.position_since_text(doc, now)] for doc in route]})
 
     def sessions_ended(self, user_id: int) -> None:
         """A user logged out, or their password or role changed: close their sockets (4401), in every process."""
@@ -441,6 +477,8 @@ class Hub:
         kind = event["kind"]
         if kind == "user":
             return self._end_sessions(event["user_id"])
+        if kind == "route":
+            return self._apply_route(event["driver_id"], event["stops"])
         parcel_id = event["parcel_id"]
         if kind == "location":
             message = event["message"]
@@ -483,6 +521,43 @@ class Hub:
             self._tell_boards(text_frame(protocol.status(parcel_id, status, now, driver_id,
                                                          (event["pickup"], event["destination"]))))
         self._release(self._channels.get(parcel_id))
+
+    def _apply_route(self, driver_id: int, stops: list[list[Any]]) -> None:
+        """A driver's route as it stands (`_publish_routes`): each parcel's watchers get its new
+        `route_position`, its share links what they may show now, the driver's route sockets
+        their parcels in this order."""
+        order = [parcel_id for parcel_id, _ in stops]
+        for position, (parcel_id, shown_from) in enumerate(stops):
+            channel = self._channels.get(parcel_id)
+            if channel is None or not channel.subscribers:
+                continue
+            state = channel.state
+            if state is not None and state.shown_from != shown_from:
+                channel.state = replace(state, shown_from=shown_from)
+            if channel.stops_before != position:
+                # Not known before (learnt for a new subscriber, `stops_before`): told in `subscribed`
+                # or the page, so only a change is sent.
+                told, channel.stops_before = channel.stops_before, position
+                if told is not None:  # to the parcel's own sockets: a route socket has its `parcels`
+                    frame = text_frame(protocol.route_position(parcel_id, position))
+                    for subscriber in [s for s in channel.subscribers if s.kind == "tracking"]:
+                        subscriber.send_frame(frame)
+        for socket in list(self._routes.get(driver_id, ())):
+            ordered = [p for p in order if p in socket.parcels] + [p for p in socket.parcels if p not in order]
+            if ordered != socket.parcels:
+                socket.parcels[:] = ordered
+                socket.send_text(protocol.route_changed(socket.parcels))
+
+    def stops_before(self, parcel_id: int) -> int | None:
+        """A subscribed parcel's place on its driver's route, for `subscribed`, when the hub knows
+        it; else None, and the route is read now, so that its next change is sent."""
+        channel = self._channels.get(parcel_id)
+        state = channel.state if channel is not None else None
+        if state is None or state.finished or state.driver_id is None:
+            return None
+        if channel.stops_before is None:
+            self._route_soon(state.driver_id)
+        return channel.stops_before
 
     def _send(self, parcel_id: int, text: str) -> None:
         channel = self._channels.get(parcel_id)
@@ -645,7 +720,8 @@ class Hub:
             if channel is None or state is None:  # its last subscriber left meanwhile
                 continue
             if (parcel["status"], parcel.get("driver_id")) != (state.status, state.driver_id):
-                self.parcel_changed(parcel, previous_driver_id=state.driver_id)
+                self.parcel_changed(parcel, previous_driver_id=state.driver_id,
+                                    status_changed=parcel["status"] != state.status)
                 changed += 1
             version = shares.version(parcel)
             for viewer in [s for s in channel.subscribers if s.user.role == VIEWER]:
@@ -653,6 +729,8 @@ class Hub:
                     self.unsubscribe(viewer, parcel_id)
                     viewer.revoke(shares.GONE, LINK_ENDED)
                     closed += 1
+            if parcel.get("driver_id") is not None:  # its route may have changed meanwhile too
+                self._route_soon(parcel["driver_id"])
         return changed, closed
 
     async def _resync_users(self) -> int:

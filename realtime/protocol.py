@@ -114,8 +114,12 @@ def error(message: str) -> str:
     return json.dumps({"type": "error", "message": message})
 
 
-def subscribed(parcel_id: int, role: str, status: str) -> str:
-    return json.dumps({"type": "subscribed", "parcel_id": parcel_id, "role": role, "status": status})
+def subscribed(parcel_id: int, role: str, status: str, stops_before: int | None = None) -> str:
+    """A parcel socket's first message; `stops_before` when the parcel is on a route and the hub knows its place."""
+    message: dict[str, Any] = {"type": "subscribed", "parcel_id": parcel_id, "role": role, "status": status}
+    if stops_before is not None:
+        message["stops_before"] = stops_before
+    return json.dumps(message)
 
 
 def route_subscribed(parcel_ids: list[int]) -> str:
@@ -158,6 +162,11 @@ def status(parcel_id: int, status: str, timestamp: datetime, driver_id: int | No
     if ends is not None:
         message["pickup"], message["destination"] = place(ends[0]), place(ends[1])
     return json.dumps(message)
+
+
+def route_position(parcel_id: int, stops_before: int) -> str:
+    """How many of its driver's stops come before this parcel (docs/protocol.md, "The route")."""
+    return json.dumps({"type": "route_position", "parcel_id": parcel_id, "stops_before": stops_before})
 
 
 def geofence(parcel_id: int, zone: str, event: str, timestamp: str) -> str:

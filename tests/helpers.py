@@ -120,6 +120,7 @@ async def subscribed(world: World, parcel_id: int, user: User, **kwargs: Any) ->
     ws = await world.socket(parcel_id, world.token(user), **kwargs)
     got = await recv(ws)
     parcel = body(await world.api("GET", f"/api/parcels/{parcel_id}/", user))
+    assert isinstance(got.pop("stops_before", 0), int), got  # when the hub knows the parcel's place on its route
     assert got == {"type": "subscribed", "parcel_id": parcel_id, "role": user.role, "status": parcel["status"]}
     return ws
 
@@ -161,9 +162,10 @@ async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
 
 
 @asynccontextmanager
-async def another_server(world: World, db_server: str) -> AsyncIterator[World]:
-    """A second app on the same database, as after a restart, served on its own port; stopped on exit."""
-    app = make_app(world.app.config, db_server)
+async def another_server(world: World, db_server: str, **changes: Any) -> AsyncIterator[World]:
+    """A second app on the same database, as after a restart, served on its own port; stopped on
+    exit. `changes`: Settings fields it has otherwise than the test's app (a broker, say)."""
+    app = make_app(dataclasses.replace(world.app.config, **changes), db_server)
     await app.start()
     sock, port = bind_unused_port()
     server = HTTPServer(app)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -16,47 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from devtools.process import RedisServer, Server, app_env, run_cli
 from realtime.broker import Broker, make_broker
 from tests.conftest import location, recv
-from tests.process import Server, app_env, free_port, run_cli
-
-
-class RedisServer:
-    """A real redis-server of our own on a loopback port, which a test can kill and start again
-    on the same port (make test installs it)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is missing: `make test` installs it"
-        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return self
-                except redis.ConnectionError:
-                    assert self.process.poll() is None, "redis-server exited"
-                    assert time.monotonic() < deadline, "redis-server did not start"
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """Gone at once, as in a crash: no goodbye to its clients."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.process import Server, app_env, run_cli
+from devtools.process import Server, app_env, run_cli
 
 
 @pytest.fixture

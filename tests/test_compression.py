@@ -10,8 +10,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 
+from devtools.process import ROOT
 from tests.conftest import location, recv
-from tests.process import ROOT
 
 LEAFLET = ROOT / "static" / "vendor" / "leaflet" / "leaflet.js"
 GZIP = {"Accept-Encoding": "gzip"}

@@ -73,12 +73,15 @@ async def test_assignments_reassignments_and_finished_parcels_change_the_route_l
     assert (await recv(ws))["type"] == "status"
     assert await recv(ws) == {"type": "parcels", "parcels": [ids[1], new["_id"]]}
     assert (await recv(dropped))["type"] == "status"
+    # Its watchers are told each time fewer stops come before it (docs/protocol.md, "The route").
+    assert await recv(watcher) == {"type": "route_position", "parcel_id": new["_id"], "stops_before": 1}
     delivered = await world.api("POST", f"/api/parcels/{ids[1]}/status/", driver, {"status": "in_transit"})
     assert delivered.code == 200
     assert (await recv(ws))["status"] == "in_transit"
     assert (await world.api("POST", f"/api/parcels/{ids[1]}/status/", driver, {"status": "delivered"})).code == 200
     assert (await recv(ws))["status"] == "delivered"
     assert await recv(ws) == {"type": "parcels", "parcels": [new["_id"]]}
+    assert await recv(watcher) == {"type": "route_position", "parcel_id": new["_id"], "stops_before": 0}
     ws.write_message(location(28.4, 77.1))
     await expect_update(watcher, 28.4, 77.1)
     await expect_update(ws, 28.4, 77.1)

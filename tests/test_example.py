@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.process import ROOT, Server, app_env
+from devtools.process import ROOT, Server, app_env
 
 
 def test_demo_driver_location_reaches_demo_client(tmp_path):

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from devtools.process import app_env, run_cli
 from tests.conftest import body, location, recv, settings
-from tests.process import app_env, run_cli
 
 
 @pytest.mark.gen_test(timeout=30)

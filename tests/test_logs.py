@@ -16,7 +16,7 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.process import Server, app_env, run_cli
+from devtools.process import Server, app_env, run_cli
 
 PASSWORD = "password1"
 

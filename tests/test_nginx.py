@@ -26,8 +26,8 @@ from pathlib import Path
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from devtools.process import ROOT, Server, app_env, free_port, run_cli
 from tests.conftest import location
-from tests.process import ROOT, Server, app_env, free_port, run_cli
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CLIENT_ADDRESS = "127.0.0.2"  # a client that is not the proxy (both are on loopback here)

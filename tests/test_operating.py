@@ -16,10 +16,10 @@ from ipaddress import ip_network
 import pytest
 from tornado.websocket import websocket_connect
 
+from devtools.process import Server, app_env
 from models.embedded import _alive
 from tests.conftest import ROOT, body, location, recv, refused, settings
 from tests.helpers import expect_closed, expect_error, own_database, scene, send_location, subscribed
-from tests.process import Server, app_env
 
 
 @pytest.mark.gen_test

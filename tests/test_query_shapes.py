@@ -13,15 +13,18 @@ so a new one that this test does not run fails it too.
 from __future__ import annotations
 
 import inspect
+import io
 import random
 import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from bson import ObjectId
+from PIL import Image
 
 from auth import passwords, tokens
-from models import locations, parcels, shares, users
+from models import imports, locations, parcels, proofs, shares, users
 from models.access import User
 from models.db import utcnow
 from tests.conftest import TEST_SECRET, World
@@ -30,7 +33,7 @@ PARCELS = 20_000
 USERS = 10_000
 SAMPLES = 20_000
 SLOW_MS = 120  # a scan here takes several hundred ms; an indexed query a few
-MODULES = (parcels, users, locations, shares)
+MODULES = (parcels, users, locations, shares, proofs, imports)
 
 
 async def seed(world: World) -> dict[str, Any]:
@@ -39,7 +42,8 @@ async def seed(world: World) -> dict[str, Any]:
     password_hash = await passwords.hash_password("seed-pass", 4)
     roles = ["dispatcher"] * 10 + ["driver"] * 490 + ["client"] * (USERS - 500)
     people = [{"_id": i, "email": f"user{i}@seed.test", "name": f"User {i}", "role": role,
-               "password_hash": password_hash, "created_at": now} for i, role in enumerate(roles, 1)]
+               "password_hash": password_hash, "created_at": now,
+               "search": users.search_keys(f"user{i}@seed.test", f"User {i}")} for i, role in enumerate(roles, 1)]
     clients = [p["_id"] for p in people if p["role"] == "client"]
     drivers = [p["_id"] for p in people if p["role"] == "driver"]
     for start in range(0, USERS, 1000):
@@ -95,6 +99,27 @@ async def still_slow(db, op: dict[str, Any]) -> bool:
     return False
 
 
+async def proofs_of_delivery(db: Any, parcel: dict[str, Any], driver: User) -> None:
+    """A year of proofs in the bucket (20,000 files), then one recorded, replaced and read back."""
+    files = [{"_id": ObjectId(), "length": 3, "chunkSize": 261120, "uploadDate": utcnow(),
+              "filename": f"parcel-{n}-photo", "metadata": {"parcel_id": n, "kind": "photo"}} for n in range(20_000)]
+    for start in range(0, len(files), 1000):
+        await db.db["proofs.files"].insert_many(files[start:start + 1000], ordered=False)
+        await db.db["proofs.chunks"].insert_many([{"files_id": f["_id"], "n": 0, "data": b"abc"}
+                                                  for f in files[start:start + 1000]], ordered=False)
+    drawn = io.BytesIO()
+    Image.new("RGB", (2000, 1500), "red").save(drawn, "JPEG")
+    photo = await proofs.clean_photo(drawn.getvalue())
+    drawn = io.BytesIO()
+    Image.new("LA", (600, 200)).save(drawn, "PNG")
+    signature = await proofs.clean_signature(drawn.getvalue())
+    for name in ("First", "Second"):  # the second replaces the first, whose files are deleted
+        proof = await proofs.record(db, parcel["_id"], driver.id, photo=photo, signature=signature, received_by=name,
+                                    location=None)
+    stored = await proofs.download(db, proof, "photo")
+    assert b"".join([chunk async for chunk in stored.chunks]) == photo
+
+
 def user(doc: dict[str, Any]) -> User:
     return User(id=doc["_id"], role=doc["role"], email=doc["email"], name=doc["name"])
 
@@ -144,6 +169,14 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     assert (await users.set_password(db, made.id, "y")).session == 1
     assert (await users.set_role(db, made.id, "driver")).role == "driver"
     assert (await users.end_sessions(db, made.id)).session == 3
+    assert not (await users.deactivate(db, made.id)).active
+    assert (await users.activate(db, made.id)).active
+    newest = await users.find_people(db, role="client", limit=500)  # the densest role
+    assert len(newest.users) == 500 and newest.next_before is not None
+    assert len((await users.find_people(db, role="dispatcher")).users) == 10  # the sparsest: every window
+    assert len((await users.find_people(db, search="user12")).users) == 50  # every role
+    await users.find_people(db, search="user", limit=100, before=5000)  # a key everyone has: a window at a time
+    assert [u.id for u in (await users.find_people(db, role="driver", search="user 499")).users] == [499]
     parcel = await parcels.create_parcel(db, owner_id=owner.id, pickup=moving["pickup"],
                                          destination=moving["destination"])
     assert parcel["_id"] == PARCELS + 1
@@ -162,7 +195,20 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     rows, cursor = await parcels.active_first(db, {}, limit=50)
     assert len(rows) == 50 and cursor is not None
     await parcels.active_first(db, {"owner_id": owner.id}, limit=50, finished=True)
-    await parcels.active_for_driver(db, mover.id)
+    route = await parcels.active_for_driver(db, mover.id)
+    order = [doc["_id"] for doc in reversed(route)]
+    assert [doc["_id"] for doc in await parcels.set_route(db, mover.id, order)] == order
+    await parcels.route_changed(db, mover.id)
+    await parcels.mark_next_stop(db, route, utcnow())
+    assert len(await parcels.routes(db, data["drivers"][:300])) == 300
+    await parcels.with_stops_before(db, [await parcels.get_parcel(db, i) for i in range(PARCELS - 299, PARCELS + 1)])
+    failing = await parcels.create_parcel(db, owner_id=owner.id, pickup=moving["pickup"],
+                                          destination=moving["destination"])
+    await parcels.assign_driver(db, failing["_id"], mover.id)
+    for status in ("picked_up", "in_transit"):
+        await parcels.set_status(db, failing["_id"], status)
+    failed = await parcels.set_status(db, failing["_id"], "failed", parcels.failure("nobody_home", ""))
+    assert failed["attempts"] == 1
     assert len(await parcels.all_active(db)) == sum(d["status"] in parcels.ACTIVE for d in data["parcels"])
     await shares.revoke(db, moving["_id"])
     moving = await parcels.get_parcel(db, moving["_id"])
@@ -186,8 +232,15 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
     for n in range(50):
         writer.add(moving["_id"], mover.id, {"lat": 28.5, "lng": 77.1 + n / 1000, "address": ""}, utcnow())
     assert await writer.flush()
-    assert await db.next_id("parcels") == PARCELS + 2
+    assert await db.next_id("parcels") == PARCELS + 3
     await db.prune_locations()
+    await proofs_of_delivery(db, moving, mover)
+    # An import: 500 rows of 250 clients, a third of them assigned to 5 drivers, checked whole, then one insert.
+    lines = ["client_email,pickup_lat,pickup_lng,pickup_address,destination_lat,destination_lng,destination_address,"
+             "driver_email"] + [f"user{600 + n % 250}@seed.test,28.6,77.2,A,28.5,77.1,B,"
+                                f"{f'user{11 + n % 5}@seed.test' if n % 3 == 0 else ''}" for n in range(500)]
+    checked = await imports.check(db, "\n".join(lines).encode())
+    assert not checked.bad and len(await imports.create(db, checked)) == 500
 
     # -- every page and API list, over HTTP ---------------------------------------------------
     track = f"/parcels/{moving['_id']}/track"
@@ -199,20 +252,34 @@ async def test_no_model_function_page_or_list_scans_a_collection(world, monkeypa
         (dispatcher, "/dispatch?status=all"), (dispatcher, "/dispatch?status=active"),
         (dispatcher, f"/dispatch?q={owner.email}"), (dispatcher, f"/dispatch?q={mover.email}&status=all"),
         (dispatcher, f"/dispatch?q={moving['_id']}"), (dispatcher, f"/dispatch?assigned={parcel['_id']}"),
+        (dispatcher, "/dispatch/parcels/new"), (dispatcher, f"/dispatch/parcels/new?created={parcel['_id']}"),
+        (dispatcher, "/dispatch/import"), (dispatcher, "/dispatch/import?created=2&first=7&last=8&assigned=1"),
+        (dispatcher, "/dispatch/people"), (dispatcher, "/dispatch/people?role=driver&q=user4"),
+        (dispatcher, f"/dispatch/people?q=user&before=5000&changed={made.id}"),
         (None, f"/t/{link}"), (None, f"/t/{short}"),
     ]:
         response = await world.page(path, who)
         assert response.code == 200, (path, response.code)
     for who, path in [
         (dispatcher, "/api/parcels/"), (dispatcher, "/api/parcels/?limit=500&before=12345"),
+        (dispatcher, "/api/users/?role=client&limit=500"), (dispatcher, "/api/users/?q=user1&before=9000"),
+        (dispatcher, "/api/users/?role=dispatcher"),
         (dispatcher, "/api/parcels/?status=cancelled"), (dispatcher, "/api/parcels/?active=1"),
         (owner, "/api/parcels/"), (mover, "/api/parcels/?active=1"),
         (owner, f"/api/parcels/{moving['_id']}/"), (owner, f"/api/parcels/{moving['_id']}/locations/"),
+        (owner, f"/api/parcels/{moving['_id']}/proof/photo"), (None, f"/t/{short}/proof"),
         (owner, f"/api/parcels/{moving['_id']}/locations/?limit=10"), (None, f"/t/{link}/locations?limit=10"),
         (None, f"/t/{short}/locations?limit=10"),
     ]:
         response = await world.api("GET", path, who)
         assert response.code == 200, (path, response.code)
+
+    form = {"client_email": owner.email, "pickup_address": "A", "pickup_point": "28.6, 77.2",
+            "destination_address": "B", "destination_point": "28.5, 77.1"}
+    assert (await world.page("/dispatch/parcels/new", dispatcher, "POST", form)).code == 303
+    response = await world.api("POST", "/api/parcels/import/", dispatcher, raw="\n".join(lines[:50]).encode(),
+                               headers={"Content-Type": "text/csv"})
+    assert response.code == 201, response.body
 
     await db.db.command("profile", 0)
     slow = await db.db["system.profile"].find({"millis": {"$gte": SLOW_MS}}).to_list(None)

@@ -11,9 +11,9 @@ import time
 
 from tornado.websocket import websocket_connect
 
+from devtools.process import Server, app_env, run_cli
 from models.embedded import EmbeddedDatabase, _alive, _ping
 from tests.conftest import location
-from tests.process import Server, app_env, run_cli
 
 
 def test_second_user_of_a_data_dir_reuses_the_server_and_the_last_one_stops_it(tmp_path):

@@ -22,6 +22,7 @@ import pytest
 from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from devtools.process import ROOT, app_env, run_cli
 from models import users
 from tests.conftest import PASSWORD, TEST_SECRET, World, body, claims, location, refused, settings
 from tests.helpers import (
@@ -34,7 +35,6 @@ from tests.helpers import (
     send_location,
     subscribed,
 )
-from tests.process import ROOT, app_env, run_cli
 
 
 async def login(world: World, email: str, password: str = PASSWORD, address: str | None = None):

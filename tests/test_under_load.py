@@ -14,9 +14,9 @@ import time
 import pytest
 from tornado.websocket import WebSocketClientConnection
 
+from devtools.process import Server, app_env
 from tests.conftest import TEST_SECRET, World, body, recv, settings
 from tests.helpers import expect_update, own_database, scene, send_location, subscribed, until
-from tests.process import Server, app_env
 
 
 async def opened(world: World, parcel_id: int | None, token: str, path: str = "/ws/tracking/") -> dict:

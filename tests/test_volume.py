@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 import pytest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
+from devtools.process import Server, app_env, free_port, run_cli
 from models import locations, parcels
 from models.db import Database, utcnow
 from models.locations import SampleWriter
 from tests.conftest import World, body, location, refused, settings
-from tests.process import Server, app_env, free_port, run_cli
 
 LINK = re.compile(r'^<([^>]+)>; rel="next"$')
 

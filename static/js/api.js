@@ -27,6 +27,6 @@ export async function apiCall(method, url, body = undefined) {
 }
 
 /** Move a parcel on (its driver's status buttons); the parcel as it now is. */
-export function setParcelStatus(parcelId, status) {
-  return apiCall("POST", `/api/parcels/${parcelId}/status/`, { status });
+export function setParcelStatus(parcelId, status, details = {}) {
+  return apiCall("POST", `/api/parcels/${parcelId}/status/`, { status, ...details });
 }

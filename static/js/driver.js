@@ -19,9 +19,10 @@
 
 import { apiCall } from "./api.js";
 import { confirmDelivery, destinationOf } from "./deliver-confirm.js";
+import { askFailure } from "./fail-dialog.js";
 import { Shift } from "./driver-shift.js";
 import { pressStep, SharingFacts } from "./sharing-facts.js";
-import { dataJSON, plural, showConnection, showStatus, toast } from "./ui.js";
+import { dataJSON, localTimes, plural, showConnection, showStatus, toast } from "./ui.js";
 
 const root = document.getElementById("driver");
 const parcelId = Number(root.dataset.parcelId);
@@ -151,13 +152,19 @@ async function changeStatus(button) {
   if (button.dataset.status === "delivered") {
     if (!(await confirmDelivery({ parcelId, to: destinationOf(root), from: shift.lastGood, rules }))) return;
   }
+  let details = {};
+  if (button.dataset.status === "failed") {
+    details = await askFailure({ parcelId, rules });
+    if (!details) return;
+  }
   for (const b of stepButtons) b.disabled = true;
-  const next = await pressStep(parcelId, button, labels, (text) => { $("step-message").textContent = text; });
+  const next = await pressStep(parcelId, button, labels, (text) => { $("step-message").textContent = text; }, details);
   setStatus(next ?? status);
 }
 
 for (const button of stepButtons) button.addEventListener("click", () => changeStatus(button));
 
+localTimes(root);
 showConnection("offline", "turn tracking on to connect");
 showTracking();
 shift.outbox.countWaiting().catch(() => {});

@@ -11,11 +11,15 @@
  *
  * A browser without IndexedDB (or with it blocked) gets the same interface kept in memory:
  * the fixes then survive a lost connection, not a reload.
+ *
+ * The same database holds the proofs of delivery waiting for a signal (store "proofs",
+ * proof-outbox.js), which is why it is opened here once, at version 2.
  */
 
 const DB_NAME = "parcel-tracking";
 const STORE = "fixes";
 const INDEX = "scope_time";
+export const PROOFS = "proofs"; // proofs of delivery waiting for a signal (proof-outbox.js); added in version 2
 
 function request(req) {
   return new Promise((resolve, reject) => {
@@ -38,10 +42,14 @@ function openDatabase() {
   if (!opening) {
     opening = new Promise((resolve, reject) => {
       if (!("indexedDB" in window)) return reject(new Error("no IndexedDB"));
-      const req = indexedDB.open(DB_NAME, 1);
+      const req = indexedDB.open(DB_NAME, 2);
       req.onupgradeneeded = () => {
-        const store = req.result.createObjectStore(STORE, { keyPath: "id", autoIncrement: true });
-        store.createIndex(INDEX, ["scope", "recorded_at"]);
+        const db = req.result;
+        if (!db.objectStoreNames.contains(STORE)) {
+          const store = db.createObjectStore(STORE, { keyPath: "id", autoIncrement: true });
+          store.createIndex(INDEX, ["scope", "recorded_at"]);
+        }
+        if (!db.objectStoreNames.contains(PROOFS)) db.createObjectStore(PROOFS, { keyPath: "id", autoIncrement: true });
       };
       req.onsuccess = () => resolve(req.result);
       req.onerror = () => reject(req.error);
@@ -49,6 +57,20 @@ function openDatabase() {
     });
   }
   return opening;
+}
+
+/**
+ * The shared database for a store's owner, or null once it cannot be opened: then `owner.memory`
+ * becomes the list the owner keeps its entries in instead (until a reload).
+ */
+export async function databaseOr(owner) {
+  if (owner.memory) return null;
+  try {
+    return await openDatabase();
+  } catch {
+    owner.memory = [];
+    return null;
+  }
 }
 
 export class OfflineQueue {
@@ -65,14 +87,8 @@ export class OfflineQueue {
     this.lastTime = 0; // recorded_at strictly ascending, even if the device clock steps back
   }
 
-  async _db() {
-    if (this.memory) return null;
-    try {
-      return await openDatabase();
-    } catch {
-      this.memory = [];
-      return null;
-    }
+  _db() {
+    return databaseOr(this);
   }
 
   _range() {
@@ -160,3 +176,6 @@ export function batchLocations(entries) {
     return location;
   });
 }
+
+// The database and its promise helpers, for the other store (proof-outbox.js).
+export { done, request };

@@ -54,10 +54,10 @@ export class SharingFacts {
  * A status button pressed: POST its status for `parcelId`, telling `say` what happens.
  * → the parcel's new status, or null when it was refused (`say` has the reason).
  */
-export async function pressStep(parcelId, button, labels, say) {
+export async function pressStep(parcelId, button, labels, say, details = {}) {
   say(`Saving “${button.firstChild.textContent.trim()}”…`);
   try {
-    const body = await setParcelStatus(parcelId, button.dataset.status);
+    const body = await setParcelStatus(parcelId, button.dataset.status, details);
     say(`Marked as ${(labels[body.status] || body.status).toLowerCase()}.`);
     return body.status;
   } catch (error) {

@@ -20,10 +20,11 @@
 
 import { etaForStop, placeName } from "./eta.js";
 import { confirmDelivery, destinationOf } from "./deliver-confirm.js";
+import { askFailure } from "./fail-dialog.js";
 import { Shift } from "./driver-shift.js";
 import { pressStep, SharingFacts } from "./sharing-facts.js";
 import { loginUrl } from "./tracking-socket.js";
-import { dataJSON, plural, showConnection, toast } from "./ui.js";
+import { dataJSON, localTimes, plural, showConnection, toast } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("shift");
@@ -89,6 +90,7 @@ async function loadList() {
     ? document.activeElement.id : "";
   $("deliveries").replaceChildren(...[...fresh.childNodes].map((node) => document.importNode(node, true)));
   if (focused && $(focused)) $(focused).focus();
+  localTimes($("deliveries"));
   showStops();
 }
 
@@ -128,12 +130,17 @@ async function changeStatus(button) {
     const to = destinationOf(button.closest(".route-stop"));
     if (!(await confirmDelivery({ parcelId, to, from: shift.lastGood, rules }))) return;
   }
+  let details = {};
+  if (button.dataset.status === "failed") {
+    details = await askFailure({ parcelId, rules });
+    if (!details) return;
+  }
   for (const b of button.parentElement.querySelectorAll("button")) b.disabled = true;
   button.classList.add("is-saving"); // stays in sight until the list comes back from the server
   await pressStep(parcelId, button, labels, (text) => {
     messages.set(parcelId, text);
     showStops();
-  });
+  }, details);
   await refreshList();
 }
 
@@ -178,6 +185,7 @@ const shift = new Shift({
 
 toggle.addEventListener("click", () => shift.toggle());
 
+localTimes($("deliveries"));
 showConnection("offline", "start your shift to connect");
 showShift();
 showStops();

@@ -290,6 +290,7 @@ function onStatus(next, message) {
   tick();
   showFinished();
   positionRule();
+  if (FINISHED.has(status)) showStops(null);
   const label = labels[status] || status;
   toast(`Parcel status: ${label}`, "info");
   if (message.type === "status") notifier.notify(`${parcelName}: ${label}`, "The parcel's status changed.", "status");
@@ -305,7 +306,19 @@ function onLocation(location, message) {
   showPosition(location, timestamp);
 }
 
+/** "2 stops before yours" (the server's words, rules.stops_texts), from `subscribed` or a `route_position`. */
+function showStops(stopsBefore) {
+  const line = $("stops-before");
+  if (!line) return;
+  const texts = rules.stops_texts;
+  line.hidden = FINISHED.has(status) || stopsBefore == null;
+  if (stopsBefore != null) line.textContent = (texts[String(stopsBefore)] || texts.n).replace("{n}", stopsBefore);
+}
+
 function onMessage(message) {
+  if (message.type === "route_position" || (message.type === "subscribed" && "stops_before" in message)) {
+    return showStops(message.stops_before);
+  }
   if (message.type !== "geofence") return;
   if (message.event === "exit") return showNearby(null);
   if (message.event !== "enter") return;

