@@ -35,19 +35,22 @@ from pymongo.errors import PyMongoError
 import settings as settings_module
 from auth import passwords
 from auth.throttle import LoginThrottle
-from handlers import api, fleet, intake, ops, pages, people, proofs, tracking
+from handlers import api, fleet, intake, integrations, openapi, ops, pages, people, proofs, tracking, unsubscribe
 from handlers.base import ApiNotFound, StaticFiles, loggable_path
-from models import demo, geo, parcels, shares, users
+from models import demo, geo, mail, parcels, shares, users
 from models.access import ROLES, may_drive, may_own_parcels
 from models.db import ID, Database, DatabaseUnavailable, parse_id, utcnow
 from models.embedded import STOP_TIMEOUT, EmbeddedDatabase, EmbeddedDatabaseError
 from models.locations import SampleWriter
 from models.lookups import Lookups
+from models.outbox import Outbox
+from models.webhooks import Webhooks
 from realtime.broker import BrokerUnavailable
 from realtime.events import Events
 from realtime.hub import Hub
 from realtime.limits import Limits
 from realtime.metrics import Metrics
+from realtime.notifications import Notifications
 from settings import Settings, SettingsError
 
 HERE = Path(__file__).resolve().parent
@@ -63,6 +66,7 @@ CLOSE_CONNECTIONS_WITHIN = 2.0
 DATABASE_STOP_RESERVE = 3.0
 CLOSE_CLIENT_WITHIN = 1.0
 EVENTS_WITHIN = 0.5  # seconds the events being recorded (realtime/events.py) are waited for at shutdown
+OUTBOX_WITHIN = 1.0  # seconds the sends under way (models/outbox.py) get at shutdown, while the events drain
 log = logging.getLogger("parcel")
 
 
@@ -75,11 +79,21 @@ class Application(tornado.web.Application):
         self.db = open_database(config, mongodb_uri)
         self.metrics = Metrics()
         self.events = Events()
+        # E-mails and webhooks go through the outbox (models/outbox.py), never on the live path.
+        self.outbox = Outbox(self.db, self.metrics, backoff=config.outbox_backoff, poll_every=config.outbox_poll_every)
+        self.outbox.register("email", mail.Mailer(self.db, config).send)
+        self.notifications = Notifications(self.db, config, self.outbox)
+        self.events.listen(self.notifications)
+        # Webhooks (models/webhooks.py): each event queued per subscribed hook, sent by the outbox.
+        self.webhooks = Webhooks(self.db, production=config.production, wake=self.outbox.wake)
+        self.events.listen(self.webhooks.record)
+        self.outbox.register("webhook", self.webhooks.send)
         self.writer = SampleWriter(self.db, config.sample_flush_interval, config.sample_queue_max,
                                    parcel_interval=config.last_location_interval)
         self.hub = Hub(self.db, self.writer, self.metrics, self.events, sample_every=config.location_sample_every,
                        broker_url=config.broker_url, state_ttl=config.parcel_state_ttl,
-                       shutdown_timeout=config.shutdown_timeout, geofence_radius_m=config.geofence_radius_m)
+                       shutdown_timeout=config.shutdown_timeout, geofence_radius_m=config.geofence_radius_m,
+                       arriving_within=config.notify_arriving_minutes * 60)
         self.metrics.watch(open_sockets=self.hub.open_sockets, samples=self.writer)
         self.retention = tornado.ioloop.PeriodicCallback(self.prune_locations, config.retention_interval * 1000)
         self.login_throttle = LoginThrottle(config.login_max_failures, config.login_failure_window)
@@ -116,6 +130,12 @@ class Application(tornado.web.Application):
             (rf"/api/parcels/{parcel}/proof/?", proofs.ProofHandler),
             (rf"/api/parcels/{parcel}/proof/(photo|signature)/?", proofs.ProofImageHandler),
             (rf"/api/drivers/{user}/route/?", api.RouteHandler),
+            (r"/api/keys/?", integrations.KeysHandler),
+            (rf"/api/keys/({ID})/?", integrations.KeyHandler),
+            (r"/api/webhooks/?", integrations.WebhooksHandler),
+            (rf"/api/webhooks/({ID})/?", integrations.WebhookHandler),
+            (rf"/api/webhooks/({ID})/deliveries/?", integrations.DeliveriesHandler),
+            (r"/api/openapi\.json", openapi.OpenApiHandler),
             (r"/api/.*", ApiNotFound),
             (r"/login", pages.LoginPage),
             (r"/logout", pages.LogoutHandler),
@@ -132,10 +152,17 @@ class Application(tornado.web.Application):
             (r"/dispatch/people/?", people.PeoplePage),
             (rf"/dispatch/people/{user}/deactivate", people.PersonActivePage, {"active": False}),
             (rf"/dispatch/people/{user}/activate", people.PersonActivePage, {"active": True}),
+            (r"/dispatch/integrations/?", integrations.IntegrationsPage),
+            (r"/dispatch/integrations/keys", integrations.NewKeyPage),
+            (rf"/dispatch/integrations/keys/({ID})/revoke", integrations.RevokeKeyPage),
+            (r"/dispatch/integrations/webhooks", integrations.NewWebhookPage),
+            (rf"/dispatch/integrations/webhooks/({ID})/delete", integrations.DeleteWebhookPage),
             (r"/t/([A-Za-z0-9_.\-]{1,2048})/locations/?", api.SharedLocationsHandler),
             (r"/t/([A-Za-z0-9_.\-]{1,2048})/proof/?", proofs.SharedProofHandler),
             (r"/t/([A-Za-z0-9_.\-]{1,2048})/proof/(photo|signature)/?", proofs.SharedProofImageHandler),
+            (r"/t/[^/]*/(?:locations|proof)(?:/.*)?", ApiNotFound),  # a link's JSON with no such token: JSON 404
             (r"/t/([A-Za-z0-9_.\-]{1,2048})/?", pages.SharePage),
+            (r"/u/([A-Za-z0-9_\-]{16,64})/?", unsubscribe.UnsubscribePage),
             (r".*", pages.NotFoundPage),  # last: every other address gets the 404 page
         ]
         super().__init__(
@@ -157,6 +184,7 @@ class Application(tornado.web.Application):
     async def start(self) -> None:
         await self.db.ensure_indexes()
         await self.hub.start()
+        await self.outbox.start()
         await self.prune_locations()
         self.retention.start()
 
@@ -164,9 +192,10 @@ class Application(tornado.web.Application):
         """Stop in order; writing what is queued takes at most `within` seconds (and at most
         Settings.shutdown_timeout)."""
         self.retention.stop()
-        if within is not None:
+        if within is not None:  # the events and the outbox stop first, together, within OUTBOX_WITHIN
+            within = max(0.0, within - OUTBOX_WITHIN)
             self.hub.shutdown_timeout = min(self.hub.shutdown_timeout, within)  # what hub.stop() drains within
-        await self.events.drain(EVENTS_WITHIN)
+        await asyncio.gather(self.events.drain(EVENTS_WITHIN), self.outbox.stop(OUTBOX_WITHIN))
         await self.hub.stop()
         with pymongo.timeout(CLOSE_CLIENT_WITHIN):  # PyMongo says goodbye (endSessions), even to a frozen database
             await self.db.close()
@@ -393,6 +422,9 @@ async def run_server(app: Application, args: argparse.Namespace, shutdown: Deadl
         server.listen(args.port, args.host)
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    if not config.public_url:  # the e-mails' links point here, unless PUBLIC_URL says where the recipient reaches it
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        app.notifications.base_url = f"http://{host}:{args.port}"
     tune_gc()
     print(f"parcel tracking is running on http://{args.host}:{args.port}/", flush=True)
     if with_demo:

@@ -7,11 +7,14 @@ receives a `Settings` object, so tests build one with plain keyword overrides.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from email.utils import parseaddr
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 DEFAULT_TILE_URL = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png"
 
@@ -54,6 +57,14 @@ class Settings:
     share_link_ttl: int = 172_800  # seconds a share link lives (at most until an hour after the parcel finished)
     business_name: str = "Parcel Tracking"  # the name a share link's page shows its recipient
     geofence_radius_m: float = 150.0
+    # E-mail to the recipient (docs/protocol.md, "E-mail to the recipient"): without smtp_url none is
+    # sent, and the server logs one line per e-mail it would have sent.
+    smtp_url: str = ""  # smtp://[user:password@]host:port, or smtps://
+    smtp_from: str = ""  # the address the e-mails come from
+    public_url: str = ""  # the server's address as the recipient reaches it: the e-mails' links start with it
+    notify_arriving_minutes: int = 10  # "arriving soon" once the ETA to the destination is under this
+    outbox_backoff: float = 10.0  # seconds before the outbox's first retry (doubled each time); tests shrink it
+    outbox_poll_every: float = 5.0  # seconds between two looks for outbox entries due (models/outbox.py)
     retention_interval: float = 3600.0  # seconds between two passes deleting expired samples
     shutdown_timeout: float = 7.0  # seconds SIGTERM may spend writing what is queued (see app.py)
     parcel_state_ttl: float = 5.0  # see realtime.hub.Hub
@@ -93,6 +104,10 @@ class Settings:
             share_link_ttl=_positive_int(env, "SHARE_LINK_TTL", 172_800),
             business_name=" ".join(env.get("BUSINESS_NAME", "").split())[:80] or "Parcel Tracking",
             geofence_radius_m=float(_positive_int(env, "GEOFENCE_RADIUS_M", 150)),
+            smtp_url=env.get("SMTP_URL", "").strip(),
+            smtp_from=env.get("SMTP_FROM", "").strip(),
+            public_url=env.get("PUBLIC_URL", "").strip().rstrip("/"),
+            notify_arriving_minutes=_positive_int(env, "NOTIFY_ARRIVING_MINUTES", 10),
             debug=env.get("DEBUG", "") in ("1", "true", "yes"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -103,6 +118,7 @@ class Settings:
             raise SettingsError("BROKER_URL must be empty or a redis:// URL")
         if not 4 <= settings.bcrypt_rounds <= 16:
             raise SettingsError("BCRYPT_ROUNDS must be between 4 and 16")
+        _check_email_settings(settings)
         return settings
 
     @property
@@ -117,6 +133,55 @@ class Settings:
         if self.production:
             raise SettingsError("SECRET_KEY must be set when APP_ENV=production")
         return replace(self, secret_key=_load_or_create_secret(self.data_dir / "secret_key"))
+
+
+def smtp_server(url: str) -> SmtpServer:
+    """SMTP_URL's parts: `smtp://[user:password@]host[:port]` (STARTTLS when the server offers
+    it; port 587 by default) or `smtps://` (TLS from the start; port 465). SettingsError if it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise SettingsError("SMTP_URL must be smtp://[user:password@]host:port or smtps://…, "
+                            f"not {_redacted(url)!r}")
+    try:
+        port = parts.port or (465 if parts.scheme == "smtps" else 587)
+    except ValueError:
+        raise SettingsError(f"SMTP_URL has no valid port: {_redacted(url)!r}") from None
+    return SmtpServer(parts.hostname, port, parts.scheme == "smtps", unquote(parts.username or ""),
+                      unquote(parts.password or ""))
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    host: str
+    port: int
+    tls: bool  # smtps: TLS from the start
+    username: str
+    password: str
+
+
+def _redacted(url: str) -> str:
+    """A URL as an error may show it: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url[:200]
+    return url.replace(f":{parts.password}@", ":…@", 1)[:200]
+
+
+def _check_email_settings(settings: Settings) -> None:
+    if settings.public_url:
+        parts = urlsplit(settings.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise SettingsError(f"PUBLIC_URL must be an http:// or https:// address, not {settings.public_url[:100]!r}")
+    if not settings.smtp_url:
+        return
+    smtp_server(settings.smtp_url)
+    _, address = parseaddr(settings.smtp_from)
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+        raise SettingsError("SMTP_FROM must be the address the e-mails come from (name@example.com) when "
+                            "SMTP_URL is set")
+    if settings.production and not settings.public_url:
+        raise SettingsError("PUBLIC_URL must be set with SMTP_URL when APP_ENV=production: the e-mails' links "
+                            "start with it")
 
 
 def _origins(raw: str) -> tuple[str, ...]:

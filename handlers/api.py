@@ -7,11 +7,30 @@ from typing import Any
 
 from auth import passwords, tokens
 from handlers.base import LOGIN_COOKIE, ApiHandler, Refused
+from handlers.openapi import (
+    BEFORE,
+    LINK,
+    POSITIVE,
+    SINCE,
+    TEXT,
+    TIME,
+    Answer,
+    array,
+    described,
+    limit,
+    nullable,
+    obj,
+    query,
+    ref,
+)
 from models import geo, intake, locations, parcels, shares, users
 from models.access import (
+    READ,
     ROLES,
+    WRITE,
     User,
     can_assign,
+    can_change_recipient,
     can_create_parcels,
     can_manage_users,
     can_share,
@@ -19,6 +38,7 @@ from models.access import (
     may_own_parcels,
     may_set_status,
     names_owner,
+    recipient_statuses,
 )
 from models.db import MAX_ID, iso, json_id, parse_iso, utcnow
 
@@ -29,6 +49,9 @@ class TokenHandler(ApiHandler):
     def check_xsrf_cookie(self) -> None:
         pass  # credentials in the body, no ambient cookie: nothing to forge
 
+    @described("Log in: an access and a refresh token", public=True,
+               body=obj({"email": TEXT, "password": TEXT}, required=["email", "password"]),
+               responses={200: ref("Tokens")}, errors=(401, 429))
     async def post(self) -> None:
         body = self.json_body()
         user = await self.check_login(body.get("email"), body.get("password"))
@@ -45,6 +68,8 @@ class RefreshHandler(ApiHandler):
     def check_xsrf_cookie(self) -> None:
         pass
 
+    @described("A new access token for a refresh token", public=True,
+               body=obj({"refresh": TEXT}, required=["refresh"]), responses={200: ref("AccessToken")}, errors=(401,))
     async def post(self) -> None:
         refresh = self.json_body().get("refresh")
         if not isinstance(refresh, str):
@@ -62,6 +87,9 @@ class RefreshHandler(ApiHandler):
 class SocketTokenHandler(ApiHandler):
     """GET /api/token/ws/: a short-lived access token for a page's tracking socket."""
 
+    @described("A page's 60-second token for its tracking socket",
+               "For the pages only: it takes the login cookie, which is not part of the API (401 without it).",
+               public=True, responses={200: ref("AccessToken")}, errors=(401,))
     async def get(self) -> None:
         if self.get_signed_cookie(LOGIN_COOKIE) is None or self.current_user is None:
             raise Refused(401, "log in to get a socket token")
@@ -70,6 +98,7 @@ class SocketTokenHandler(ApiHandler):
 
 
 class MeHandler(ApiHandler):
+    @described("The caller", responses={200: ref("User")})
     async def get(self) -> None:
         self.send(self.require_user().public())
 
@@ -77,6 +106,10 @@ class MeHandler(ApiHandler):
 class PasswordHandler(ApiHandler):
     """POST /api/me/password/: the caller's current and new password; every earlier session ends."""
 
+    @described("Change the caller's password; every earlier session ends",
+               body=obj({"password": TEXT, "new_password": {"type": "string", "minLength": 8}},
+                        required=["password", "new_password"]),
+               responses={200: ref("User")}, errors=(429,))
     async def post(self) -> None:
         user = self.require_user()
         body = self.json_body()
@@ -93,6 +126,9 @@ class PasswordHandler(ApiHandler):
 class RoleHandler(ApiHandler):
     """POST /api/users/<id>/role/: a dispatcher changes someone's role; their sessions end."""
 
+    @described("Change someone's role (dispatchers); their sessions end",
+               body=obj({"role": {"enum": list(ROLES)}}, required=["role"]), responses={200: ref("User")},
+               errors=(403, 404))
     async def post(self, user_id: str) -> None:
         if not can_manage_users(self.require_user()):
             raise Refused(403, "only a dispatcher can change roles")
@@ -109,6 +145,12 @@ class RoleHandler(ApiHandler):
 class UsersHandler(ApiHandler):
     """POST /api/users/: a dispatcher creates an account."""
 
+    @described("Add a person (dispatchers)",
+               body=obj({"email": {"type": "string", "format": "email", "maxLength": users.MAX_EMAIL},
+                         "password": {"type": "string", "minLength": 8}, "role": {"enum": list(ROLES)},
+                         "name": {"type": "string", "maxLength": users.MAX_NAME}},
+                        required=["email", "password", "role"]),
+               responses={201: ref("User")}, errors=(403, 409))
     async def post(self) -> None:
         if not can_manage_users(self.require_user()):
             raise Refused(403, "only a dispatcher can create users")
@@ -128,12 +170,21 @@ class UsersHandler(ApiHandler):
 class ParcelsHandler(ApiHandler):
     """GET: the parcels the caller may see. POST: a client or dispatcher creates one."""
 
+    key_scopes = {"GET": READ, "POST": WRITE}
+
+    @described("The parcels the caller may see, newest first, a page at a time",
+               parameters=[limit(100, parcels.MAX_PAGE), BEFORE,
+                           query("status", {"type": "string", "pattern": rf"^({'|'.join(parcels.STATUSES)})"
+                                            rf"(,({'|'.join(parcels.STATUSES)}))*$"},
+                                 "only these statuses, separated by commas"),
+                           query("active", {"enum": ["1", "true"]}, "only the active ones (not with status)")],
+               responses={200: Answer(array(ref("Parcel")), headers=LINK)})
     async def get(self) -> None:
         user = self.require_user()
         limit = self.int_argument("limit", 100, 1, parcels.MAX_PAGE)
         before = self.int_argument("before", None, 1, MAX_ID)
         page = await parcels.list_visible(self.db, user, limit=limit, before=before, statuses=self.statuses())
-        await parcels.with_stops_before(self.db, page.parcels)
+        await parcels.stored_stops_before(self.db, page.parcels)
         if page.next_before is not None:
             self.set_next_link(before=page.next_before)
         self.send([parcels.public(p) for p in page.parcels])
@@ -155,6 +206,8 @@ class ParcelsHandler(ApiHandler):
             raise Refused(400, f"unknown status {unknown[0][:40]!r}; one of {', '.join(parcels.STATUSES)}")
         return wanted
 
+    @described("Create a parcel (a client for itself; a dispatcher names the owner)", body=ref("NewParcel"),
+               responses={201: ref("Parcel")}, errors=(403,))
     async def post(self) -> None:
         user = self.require_user()
         body = self.json_body()
@@ -193,15 +246,49 @@ class ParcelHandlerBase(ApiHandler):
 
 
 class ParcelHandler(ParcelHandlerBase):
+    key_scopes = {"GET": READ, "PATCH": WRITE}
+
+    @described("A parcel", responses={200: ref("Parcel")}, errors=(404,))
     async def get(self, parcel_id: str) -> None:
         _, parcel = await self.caller_and_parcel(parcel_id)
         await parcels.with_stops_before(self.db, [parcel])
         self.send(parcels.public(parcel))
 
+    @described("Change a parcel's recipient: its owner before pickup, a dispatcher at any time",
+               "A merge patch of `recipient`: a field given replaces the stored one, a field given as null "
+               "clears it, a field left out stays; `\"recipient\": null` removes the recipient.",
+               body=obj({"recipient": nullable(ref("RecipientIn"))}, required=["recipient"], closed=True),
+               responses={200: ref("Parcel")}, errors=(403, 404, 409))
+    async def patch(self, parcel_id: str) -> None:
+        """docs/protocol.md, "The recipient"."""
+        user, parcel = await self.caller_and_parcel(parcel_id)
+        if not can_change_recipient(user, parcel):
+            raise Refused(403, "only the parcel's owner or a dispatcher can change its recipient")
+        allowed = recipient_statuses(user)
+        if allowed is not None and parcel["status"] not in allowed:
+            raise Refused(409, "the parcel has been picked up: only a dispatcher can change its recipient now")
+        body = self.json_body()
+        if set(body) != {"recipient"}:
+            raise Refused(400, 'the body must be {"recipient": {...}}: only the recipient is changed here')
+        given = body["recipient"]
+        if isinstance(given, dict):  # a merge patch: the fields not given stay as they are
+            given = {**(parcel.get("recipient") or {}), **given}
+        try:
+            recipient = intake.recipient_object(given)
+            updated = await parcels.set_recipient(self.db, parcel["_id"], recipient, allowed)
+        except intake.InvalidField as e:
+            raise Refused(400, e.for_json()) from None
+        except parcels.TransitionRefused as e:
+            raise Refused(409, str(e)) from None
+        await parcels.with_stops_before(self.db, [updated])
+        self.send(parcels.public(updated))
+
 
 class AssignHandler(ParcelHandlerBase):
     """POST /api/parcels/<id>/assign/: a dispatcher assigns (or reassigns) a driver."""
 
+    @described("Assign (or reassign) a driver (dispatchers)", body=obj({"driver_id": POSITIVE}, required=["driver_id"]),
+               responses={200: ref("Parcel")}, errors=(403, 404, 409))
     async def post(self, parcel_id: str) -> None:
         user, parcel = await self.caller_and_parcel(parcel_id)
         if not can_assign(user):
@@ -217,6 +304,14 @@ class AssignHandler(ParcelHandlerBase):
 class StatusHandler(ParcelHandlerBase):
     """POST /api/parcels/<id>/status/: its driver or a dispatcher moves it on; the owner may cancel."""
 
+    key_scopes = {"POST": WRITE}  # to cancel only (models.access.may_set_status)
+
+    @described("Move a parcel on: its driver, a dispatcher; its owner may cancel it before pickup",
+               body=obj({"status": {"enum": list(parcels.STATUSES)},
+                         "reason": {"enum": list(parcels.FAILURE_REASONS), "description": "with failed"},
+                         "note": {"type": "string", "maxLength": parcels.MAX_FAILURE_NOTE,
+                                  "description": "with failed"}}, required=["status"]),
+               responses={200: ref("Parcel")}, errors=(403, 404, 409))
     async def post(self, parcel_id: str) -> None:
         user, parcel = await self.caller_and_parcel(parcel_id)
         body = self.json_body()
@@ -239,6 +334,10 @@ class StatusHandler(ParcelHandlerBase):
 class RouteHandler(ApiHandler):
     """PUT /api/drivers/<id>/route/: a dispatcher puts a driver's active parcels in an order."""
 
+    @described("Put a driver's active parcels in an order (dispatchers)",
+               body=obj({"parcels": array(POSITIVE)}, required=["parcels"]),
+               responses={200: obj({"driver_id": POSITIVE, "parcels": array(POSITIVE)},
+                                   required=["driver_id", "parcels"])}, errors=(403, 404))
     async def put(self, driver_id: str) -> None:
         if not can_assign(self.require_user()):
             raise Refused(403, "only a dispatcher can order a driver's stops")
@@ -265,6 +364,9 @@ class ShareHandler(ParcelHandlerBase):
             raise Refused(403, "only the parcel's owner or a dispatcher can share it")
         return parcel
 
+    @described("Make a share link (its owner, dispatchers)",
+               responses={201: obj({"url": TEXT, "token": TEXT, "expires_at": TIME},
+                                   required=["url", "token", "expires_at"])}, errors=(403, 404, 409))
     async def post(self, parcel_id: str) -> None:
         parcel = await self.shareable(parcel_id)
         expires = shares.expiry(parcel, utcnow(), self.config.share_link_ttl)
@@ -275,6 +377,7 @@ class ShareHandler(ParcelHandlerBase):
         self.send({"url": f"{self.request.protocol}://{self.request.host}/t/{token}", "token": token,
                    "expires_at": iso(expires)}, status=201)
 
+    @described("Revoke every share link of the parcel", responses={204: None}, errors=(403, 404))
     async def delete(self, parcel_id: str) -> None:
         parcel = await self.shareable(parcel_id)
         await shares.revoke(self.db, parcel["_id"])
@@ -286,6 +389,11 @@ class ShareHandler(ParcelHandlerBase):
 class LocationsHandler(ParcelHandlerBase):
     """A parcel's sampled history, a page at a time (docs/protocol.md, "Lists that page")."""
 
+    key_scopes = {"GET": READ}
+
+    @described("A parcel's sampled history, oldest first, a page at a time",
+               parameters=[limit(1000, locations.MAX_HISTORY_PAGE), SINCE],
+               responses={200: Answer(ref("History"), headers=LINK)}, errors=(404,))
     async def get(self, parcel_id: str) -> None:
         _, parcel = await self.caller_and_parcel(parcel_id)
         await self.send_history(parcel)
@@ -314,6 +422,10 @@ class LocationsHandler(ParcelHandlerBase):
 class SharedLocationsHandler(LocationsHandler):
     """`/t/<token>/locations`: the history for a share link's page, the link its only credential."""
 
+    @described("The history a share link shows (the link is the credential)",
+               "Empty until the parcel is on its way to the recipient (docs/protocol.md, \"Share links\").",
+               public=True, parameters=[limit(1000, locations.MAX_HISTORY_PAGE), SINCE],
+               responses={200: Answer(ref("History"), headers=LINK)}, errors=(404,))
     async def get(self, token: str) -> None:
         parcel = await self.shared_parcel(token)
         since = shares.position_since(parcel, utcnow())

@@ -19,19 +19,20 @@ import tornado.web
 from tornado.httputil import HTTPServerRequest
 
 from auth import login, tokens
-from models import parcels, shares, users
-from models.access import User, can_view
+from models import keys, parcels, shares, users
+from models.access import User, can_view, key_refusal
 from models.db import Database, parse_id, unreachable, utcnow
 from realtime.hub import Hub
 from settings import MAX_API_BODY_SIZE, STREAMED_BODY_LIMIT, Settings
 
 LOGIN_COOKIE = "user"
-SHARE_TOKEN = re.compile(r"^/t/[^/]+")  # a share link's path: /t/<token>[/locations]
+# A share link's path (/t/<token>[/locations]) and an unsubscribe link's (/u/<token>): tokens in paths.
+TOKEN_PATH = re.compile(r"^/([tu])/[^/]+")
 
 
 def loggable_path(path: str) -> str:
-    """A request's path as the logs may show it: a share link's token is a credential (docs/security.md)."""
-    return SHARE_TOKEN.sub("/t/[token]", path, count=1)
+    """A request's path as the logs may show it: a link's token is a credential (docs/security.md)."""
+    return TOKEN_PATH.sub(r"/\1/[token]", path, count=1)
 
 
 class Refused(tornado.web.HTTPError):
@@ -98,10 +99,17 @@ class BaseHandler(tornado.web.RequestHandler):
         except Refused as refusal:
             super()._handle_request_exception(refusal)
 
+    # What an API key's caller may do here: the scope each HTTP method needs (docs/protocol.md,
+    # "API keys"). A method not named is closed to keys (403); people are not concerned.
+    key_scopes: dict[str, str] = {}
+
     async def prepare(self) -> None:
         apply_forwarded(self.request, self.config.trusted_proxies)
         self.token_error: str | None = None
         self.current_user = await self._authenticate()
+        user = self.current_user
+        if user is not None and (refusal := key_refusal(user, self.key_scopes.get(self.request.method))):
+            raise Refused(403, refusal)
 
     async def _authenticate(self) -> User | None:
         """The user of a Bearer access token or of the login cookie, if still theirs (docs/security.md)."""
@@ -111,6 +119,8 @@ class BaseHandler(tornado.web.RequestHandler):
             if scheme.lower() != "bearer" or not token.strip():
                 self.token_error = "the Authorization header must be 'Bearer <access token>'"
                 return None
+            if keys.looks_like_key(token.strip()):
+                return await self._key_caller(token.strip())
             try:
                 claimed = tokens.verify(token.strip(), "access", self.config.secret_key)
             except tokens.TokenError as e:
@@ -127,6 +137,16 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
         user = await users.get_user(self.db, int(user_id))
         return user if user is not None and user.session == int(session) else None
+
+    async def _key_caller(self, key: str) -> User | None:
+        """Who an API key acts as (models/keys.py); its use noted in the background."""
+        try:
+            doc = await keys.authenticate(self.db, key)
+        except keys.KeyRefused as e:
+            self.token_error = str(e)
+            return None
+        keys.used(self.db, doc, utcnow())
+        return keys.caller(doc)
 
     async def check_login(self, email: Any, password: Any) -> User:
         """The user these credentials name (see auth.login), or `Refused`."""

@@ -21,9 +21,10 @@ import tornado.web
 from tornado import httputil
 
 from handlers.base import ApiHandler, BaseHandler, Refused
+from handlers.openapi import POSITIVE, Answer, array, described, obj, ref
 from handlers.pages import PageHandler, place_text, sentence, user_label
 from models import imports, intake, parcels, users
-from models.access import names_owner
+from models.access import WRITE, names_owner
 from models.db import parse_id
 from settings import MAX_IMPORT_BODY_SIZE, STREAMED_BODY_LIMIT
 
@@ -60,7 +61,15 @@ class ImportHandler(ApiHandler):
 
     max_body_size = MAX_IMPORT_BODY_SIZE
     too_large = TOO_LARGE
+    key_scopes = {"POST": WRITE}  # docs/protocol.md, "API keys"
 
+    @described("Import parcels from a CSV file (dispatchers): all of them, or none and every bad row named",
+               "The file's header row names its columns (any order); each line below it is a parcel.",
+               body={**array(ref("ImportRow")), "maxItems": imports.MAX_ROWS}, body_media="text/csv",
+               responses={201: obj({"created": {"type": "integer", "minimum": 0}, "ids": array(POSITIVE)},
+                                   required=["created", "ids"]),
+                          400: Answer(ref("ImportRefused"), "The file has problems: each bad row's line and problems")},
+               errors=(403, 415))
     async def post(self) -> None:
         if not names_owner(self.require_user()):
             raise Refused(403, "only a dispatcher can import parcels")

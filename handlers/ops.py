@@ -11,6 +11,7 @@ from ipaddress import ip_address
 from tornado.httputil import HTTPServerRequest
 
 from handlers.base import BaseHandler, Refused
+from handlers.openapi import Answer, described, ref
 from realtime.metrics import CONTENT_TYPE
 
 HEALTH_TIMEOUT = 2.5  # seconds for each part to answer; /healthz answers within 3 s
@@ -23,6 +24,8 @@ class HealthHandler(BaseHandler):
     async def prepare(self) -> None:
         pass  # no login, no database lookup of a user: this must answer when the database does not
 
+    @described("Whether the server and what it depends on answer (load balancers, supervisors)", public=True,
+               database=False, responses={200: ref("Health"), 503: Answer(ref("Health"), "A part does not answer")})
     async def get(self) -> None:
         database, broker = await asyncio.gather(self._check(self.db.ping()), self._check(self.hub.broker.ping()))
         healthy = database == "ok" and broker in ("ok", "off")

@@ -20,6 +20,7 @@ from models import parcels, proofs, shares, users
 from models.access import User, can_share, may_drive
 from models.db import MAX_ID, iso, parse_id, utcnow
 from models.locations import EARLIEST_FIX, MAX_HISTORY_PAGE
+from models.parcels import FAILURE_LABELS
 from realtime.journey import LOW_ACCURACY_M
 from realtime.protocol import MAX_BATCH
 from settings import Settings
@@ -29,7 +30,8 @@ ROLE_PLURALS = {"client": "clients", "driver": "drivers", "dispatcher": "dispatc
 NAV_BY_ROLE = {
     "client": [("/parcels", "My parcels")],
     "driver": [("/driver", "My deliveries")],
-    "dispatcher": [("/dispatch", "All parcels"), ("/dispatch/people", "People")],
+    "dispatcher": [("/dispatch", "All parcels"), ("/dispatch/people", "People"),
+                   ("/dispatch/integrations", "Integrations")],
 }
 STATUS_LABELS = {
     "pending": "Waiting for a driver",
@@ -39,11 +41,6 @@ STATUS_LABELS = {
     "delivered": "Delivered",
     "failed": "Not delivered",
     "cancelled": "Cancelled",
-}
-# Why a delivery failed, as people read it (models.parcels.FAILURE_REASONS, in that order).
-FAILURE_LABELS = {
-    "nobody_home": "Nobody home", "refused": "Refused by the recipient", "address_not_found": "Address not found",
-    "damaged": "Damaged", "other": "Another reason",
 }
 DRIVER_SEND_EVERY = 5  # seconds between two positions sent by the driver's page
 DELIVER_FAR_M = 300  # metres from the destination past which "Delivered" warns the driver how far they are

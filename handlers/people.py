@@ -14,6 +14,7 @@ from typing import Any
 from auth import passwords
 from handlers.api import UsersHandler
 from handlers.base import ApiHandler, BaseHandler, Refused
+from handlers.openapi import BEFORE, LINK, Answer, array, described, limit, query, ref
 from handlers.pages import PAGE_SIZE, ROLE_PLURALS, PageHandler, page_url, sentence, user_label
 from models import users
 from models.access import ROLES, User, can_manage_users, may_deactivate
@@ -40,9 +41,15 @@ async def set_active(handler: BaseHandler, user_id: int, active: bool) -> User:
     """Deactivate or activate someone for the current user (`Refused` 403, 400, or 404 for
     nobody): their sessions end and their sockets close with 4401, in every process."""
     refuse_change(handler.current_user, user_id, active)
+    before = await users.get_user(handler.db, user_id)
+    if before is None:
+        raise Refused(404, "no such user")
+    if before.active == active:  # already so: their sessions go on
+        return before
     updated = await (users.activate if active else users.deactivate)(handler.db, user_id)
     if updated is None:
         raise Refused(404, "no such user")
+    # Also for an activation: every process forgets the deactivated user it may hold for handshakes.
     handler.hub.sessions_ended(updated.id)
     handler.application.drivers.forget()  # the dispatch page's driver picker, in this process
     return updated
@@ -55,6 +62,12 @@ class PeopleHandler(UsersHandler):
     """GET /api/users/: a page of people, newest first, by role and search (dispatchers).
     POST (UsersHandler): a dispatcher adds one."""
 
+    @described("People, newest first, by role and search, a page at a time (dispatchers)",
+               parameters=[query("role", {"enum": list(ROLES)}, "only this role"),
+                           query("q", {"type": "string", "maxLength": users.MAX_EMAIL},
+                                 "only those each of whose words begins one of theirs (name, e-mail)"),
+                           limit(100, users.MAX_PAGE), BEFORE],
+               responses={200: Answer(array(ref("ManagedUser")), headers=LINK)}, errors=(403,))
     async def get(self) -> None:
         if not can_manage_users(self.require_user()):
             raise Refused(403, "only a dispatcher can list users")
@@ -78,6 +91,8 @@ class ActiveHandler(ApiHandler):
     def initialize(self, active: bool) -> None:
         self.active = active
 
+    @described("Deactivate (…/deactivate/) or activate (…/activate/) someone (dispatchers); their sessions end",
+               responses={200: ref("ManagedUser")}, errors=(400, 403, 404))
     async def post(self, user_id: str) -> None:
         self.require_user()
         self.send((await set_active(self, int(user_id), self.active)).managed())

@@ -16,10 +16,15 @@ from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from handlers.api import ParcelHandlerBase
 from handlers.base import ApiHandler, Refused
+from handlers.openapi import TEXT, Answer, described, nullable, obj, ref
 from models import parcels, proofs
 from models.access import can_record_proof
 
 FIELDS = ("photo", "signature", "received_by")
+FILE = Answer({"type": "string", "format": "binary"}, "The image", media=("image/jpeg", "image/png"),
+              headers={"ETag": {"description": "the file's id", "schema": TEXT}})
+IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False, "schema": TEXT,
+                 "description": "the ETag of the copy the client has"}
 
 
 class ProofFiles(ApiHandler):
@@ -51,6 +56,11 @@ class ProofHandler(ParcelHandlerBase):
     too_large = (f"the proof is too large: a photo of at most {proofs.PHOTO_MAX_BYTES // proofs.MiB} MiB and "
                  f"a signature of at most {proofs.SIGNATURE_MAX_BYTES // proofs.MiB} MiB")
 
+    @described("Record the proof of delivery (the parcel's driver, while it is on its way)",
+               body=obj({"photo": {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP"},
+                         "signature": {"type": "string", "format": "binary", "description": "PNG"},
+                         "received_by": {"type": "string", "maxLength": proofs.RECEIVED_BY_MAX}}),
+               body_media="multipart/form-data", responses={201: ref("Proof")}, errors=(403, 404, 409))
     async def post(self, parcel_id: str) -> None:
         user, parcel = await self.caller_and_parcel(parcel_id)
         if not can_record_proof(user, parcel):
@@ -62,8 +72,7 @@ class ProofHandler(ParcelHandlerBase):
             received_by = proofs.received_by(fields.get("received_by"))
             if not (files.get("photo") or files.get("signature") or received_by):
                 raise proofs.ProofRefused(400, proofs.NO_FIELDS)
-            photo = await proofs.clean_photo(files["photo"]) if files.get("photo") else None
-            signature = await proofs.clean_signature(files["signature"]) if files.get("signature") else None
+            photo, signature = await proofs.clean_both(files.get("photo"), files.get("signature"))
             proof = await proofs.record(
                 self.db, parcel["_id"], user.id, photo=photo, signature=signature, received_by=received_by,
                 location=proofs.position(parcel, self.hub.latest_location(parcel["_id"])),
@@ -107,6 +116,8 @@ class ProofImageHandler(ProofFiles, ParcelHandlerBase):
     """GET /api/parcels/<id>/proof/(photo|signature): for whoever may see the parcel (404 for
     anyone else, as for the parcel); before delivery, the proof waiting for it."""
 
+    @described("The proof's photo or signature (before delivery, the proof waiting for it)",
+               parameters=[IF_NONE_MATCH], responses={200: FILE, 304: None}, errors=(404,))
     async def get(self, parcel_id: str, kind: str) -> None:
         _, parcel = await self.caller_and_parcel(parcel_id)
         await self.send_file(proofs.shown(parcel, pending=True), kind)
@@ -115,6 +126,8 @@ class ProofImageHandler(ProofFiles, ParcelHandlerBase):
 class SharedProofHandler(ApiHandler):
     """GET /t/<token>/proof: the delivered parcel's proof for its share page (`{"proof": null}` before)."""
 
+    @described("The delivered parcel's proof, for its share link (null before)", public=True,
+               responses={200: obj({"proof": nullable(ref("Proof"))}, required=["proof"])}, errors=(404,))
     async def get(self, token: str) -> None:
         parcel = await self.shared_parcel(token)
         self.send({"proof": proofs.public(proofs.shown(parcel, pending=False), proofs.link_files_url(token))})
@@ -123,6 +136,8 @@ class SharedProofHandler(ApiHandler):
 class SharedProofImageHandler(ProofFiles):
     """GET /t/<token>/proof/(photo|signature): the delivered parcel's proof files, to its live share link."""
 
+    @described("The delivered proof's photo or signature, for its share link", public=True,
+               parameters=[IF_NONE_MATCH], responses={200: FILE, 304: None}, errors=(404,))
     async def get(self, token: str, kind: str) -> None:
         parcel = await self.shared_parcel(token)
         await self.send_file(proofs.shown(parcel, pending=False), kind)

@@ -24,7 +24,7 @@ from tornado.iostream import StreamClosedError
 
 from auth import tokens
 from handlers.base import apply_forwarded
-from models import lookups, shares
+from models import keys, lookups, shares
 from models.access import VIEWER, User
 from models.db import unreachable
 from realtime import protocol
@@ -165,9 +165,12 @@ class Socket(tornado.websocket.WebSocketHandler):
             self._refuse(CLOSE_TRY_LATER, "the database is unavailable; try again in a moment")
 
     def credentials(self) -> tokens.Claimed | tokens.Shared | tokens.ShortShare:
-        """What the socket's token names (Closed for a bad one: 4401)."""
+        """What the socket's token names (Closed for a bad one: 4401; for an API key: 4403)."""
+        token = self._argument("token")
+        if keys.looks_like_key(token):
+            self._refuse(CLOSE_FORBIDDEN, "an API key cannot open a socket: sockets take a person's access token")
         try:
-            return tokens.verify_socket(self._argument("token"), self.application.config.secret_key)
+            return tokens.verify_socket(token, self.application.config.secret_key)
         except tokens.TokenError as e:
             self._refuse(CLOSE_UNAUTHENTICATED, str(e))
 

@@ -22,6 +22,9 @@ class User:
     name: str = ""
     session: int = 0  # moves on at logout, a new password or a new role: older tokens stop working
     active: bool = True  # a deactivated user cannot log in or be given parcels (docs/protocol.md, "People")
+    # An API key's caller acts as a dispatcher within these scopes (docs/protocol.md, "API keys");
+    # None for a person, whose role alone decides.
+    scopes: frozenset[str] | None = None
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "email": self.email, "name": self.name, "role": self.role}
@@ -134,7 +137,10 @@ def may_deactivate(user: User, user_id: int) -> bool:
 
 
 def may_set_status(user: User, parcel: Mapping[str, Any], status: str) -> bool:
-    """Its driver and dispatchers move a parcel on; its owner may only cancel it."""
+    """Its driver and dispatchers move a parcel on; its owner may only cancel it, and so may an
+    API key with `parcels:write` (docs/protocol.md, "API keys")."""
+    if user.scopes is not None:
+        return status == "cancelled"
     if user.role == "dispatcher":
         return True
     if user.role == "driver":
@@ -142,3 +148,43 @@ def may_set_status(user: User, parcel: Mapping[str, Any], status: str) -> bool:
     if user.role == "client":
         return parcel.get("owner_id") == user.id and status == "cancelled"
     return False
+
+
+BEFORE_PICKUP = ("pending", "assigned")
+
+
+def can_change_recipient(user: User, parcel: Mapping[str, Any]) -> bool:
+    """Its owner and dispatchers change a parcel's recipient (docs/protocol.md, "The recipient")."""
+    return user.role == "dispatcher" or (user.role == "client" and parcel.get("owner_id") == user.id)
+
+
+def recipient_statuses(user: User) -> tuple[str, ...] | None:
+    """While a parcel has which statuses this user (who `can_change_recipient`) may change its
+    recipient: its owner until it is picked up; a dispatcher at any time (None)."""
+    return None if user.role == "dispatcher" else BEFORE_PICKUP
+
+
+# -- API keys (docs/protocol.md, "API keys") -------------------------------------------
+
+READ, WRITE = "parcels:read", "parcels:write"
+SCOPES = (READ, WRITE)
+KEYS_ONLY_PARCELS = ("an API key may only read, create, import, update and cancel parcels; "
+                     "this needs a dispatcher's login")
+
+
+def key_refusal(user: User, scope: str | None) -> str | None:
+    """Why this caller may not use an endpoint that an API key may use with `scope` (None: no
+    key may use it); None when they may: every person (their role decides further), and a key
+    holding that scope."""
+    if user.scopes is None:
+        return None
+    if scope is None:
+        return KEYS_ONLY_PARCELS
+    if scope not in user.scopes:
+        return f"this API key lacks the {scope} scope"
+    return None
+
+
+def can_manage_integrations(user: User) -> bool:
+    """Dispatchers create and revoke API keys and webhooks (a key itself never)."""
+    return user.role == "dispatcher" and user.scopes is None

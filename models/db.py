@@ -18,7 +18,7 @@ from gridfs import AsyncGridFSBucket
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne, _csot
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-SEQUENCES = ("users", "parcels")
+SEQUENCES = ("users", "parcels", "api_keys", "webhooks")
 MAX_ID = 2**63 - 1  # ids are BSON int64
 ID = r"[0-9]{1,18}"  # an id as it appears in a URL (routes, query arguments): always fits MAX_ID
 SCHEMA_VERSION = 3  # 2: parcels carry `seq` (their id again, for ranges) and `timeline`; 3: users carry `search`
@@ -128,7 +128,9 @@ def iso(moment: datetime | None) -> str | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    moment = moment.astimezone(UTC)
+    # The year by hand: strftime's %Y writes the year 902 as "902", which is no ISO 8601 time.
+    return f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class Database:
@@ -145,7 +147,12 @@ class Database:
         self.locations = self.db["locations"]
         self.counters = self.db["counters"]
         self.share_links = self.db["share_links"]  # by token (_id); models/shares.py
+        self.outbox = self.db["outbox"]  # e-mails and webhooks to send, by key (_id); models/outbox.py
+        self.email_addresses = self.db["email_addresses"]  # recipients' unsubscribe tokens; models/mail.py
         self.proofs = AsyncGridFSBucket(self.db, bucket_name="proofs")  # proofs.files, proofs.chunks; models/proofs.py
+        self.api_keys = self.db["api_keys"]  # models/keys.py
+        self.webhooks = self.db["webhooks"]  # models/webhooks.py
+        self.webhook_deliveries = self.db["webhook_deliveries"]  # each attempt's outcome, the last 100 per hook kept
         self.retention = timedelta(days=retention_days)
         self.ttl_index = ttl_index
 
@@ -187,6 +194,13 @@ class Database:
         # check GridFS makes before every upload, a scan of both collections on the embedded server.
         await self.db["proofs.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
         await self.db["proofs.chunks"].create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
+        # The outbox claims the pending entry due longest ago (models.outbox.claim); an unsubscribe
+        # link names its address by a token (models.mail).
+        await self.outbox.create_index([("state", ASCENDING), ("due_at", ASCENDING)])
+        await self.email_addresses.create_index("token", unique=True)
+        # Webhooks subscribed to an event's type (models/webhooks.py), and a hook's attempts newest first.
+        await self.webhooks.create_index("events")
+        await self.webhook_deliveries.create_index([("hook_id", ASCENDING), ("at", ASCENDING)])
 
     async def _retention_index(self) -> None:
         """The index on a sample's time that retention deletes by: a TTL index, so MongoDB

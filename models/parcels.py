@@ -42,10 +42,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 ASSIGNABLE = frozenset({"pending", "assigned", "picked_up", "in_transit", "failed"})
 ATTEMPTS = frozenset({"delivered", "failed"})  # the statuses that end a delivery attempt
 FAILURE_REASONS = ("nobody_home", "refused", "address_not_found", "damaged", "other")
+# Why a delivery failed, as people read it (the pages, the recipient's e-mail), in that order.
+FAILURE_LABELS = {
+    "nobody_home": "Nobody home", "refused": "Refused by the recipient", "address_not_found": "Address not found",
+    "damaged": "Damaged", "other": "Another reason",
+}
 MAX_FAILURE_NOTE = 500
 
 MAX_PAGE = 500
 ROUTE_QUERIES = 8  # drivers whose routes `routes` reads a query each; more: every active parcel at once
+ROUTE_FIELDS = {"driver_id": 1, "status": 1, "route_seq": 1, "seq": 1}  # what a place on a route is made of
 TAKE_BACK_WITHIN = 5.0  # seconds to delete what a failed import wrote
 
 
@@ -101,7 +107,8 @@ def public(doc: Mapping[str, Any]) -> dict[str, Any]:
         "timeline": [timeline_step(t) for t in doc.get("timeline", ())],
         "attempts": doc.get("attempts", 0),
         "failure": doc.get("failure") and {**doc["failure"], "timestamp": iso(doc["failure"]["timestamp"])},
-        "stops_before": doc.get("stops_before"),
+        "stops_before": doc.get("stops_before") if doc.get("driver_id") is not None and doc["status"] not in FINISHED
+        else None,
         "recipient": doc.get("recipient"),
         "note": doc.get("note"),
         "window": doc.get("window") and {end: iso(doc["window"][end]) for end in ("from", "to")},
@@ -281,16 +288,17 @@ async def active_for_driver(db: Database, driver_id: int) -> list[dict[str, Any]
     return (await routes(db, [driver_id]))[driver_id]
 
 
-async def routes(db: Database, driver_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
-    """Several drivers' routes (`active_for_driver`). A `$in` over drivers is not served by the
-    `(driver_id, status, seq)` index, so a few drivers are a query each, and more than
-    ROUTE_QUERIES every active parcel (`all_active`, a query per status)."""
+async def routes(db: Database, driver_ids: Sequence[int],
+                 fields: Mapping[str, int] | None = None) -> dict[int, list[dict[str, Any]]]:
+    """Several drivers' routes (`active_for_driver`), their parcels whole or only `fields`. A
+    `$in` over drivers is not served by the `(driver_id, status, seq)` index, so a few drivers
+    are a query each, and more than ROUTE_QUERIES every active parcel (a query per status)."""
     wanted = sorted(set(driver_ids))
     if len(wanted) <= ROUTE_QUERIES:
         found = [doc for driver_id in wanted for doc in await db.parcels.find(
-            {"driver_id": driver_id, "status": {"$in": list(ACTIVE)}}).to_list(None)]
+            {"driver_id": driver_id, "status": {"$in": list(ACTIVE)}}, fields).to_list(None)]
     else:
-        found = await all_active(db)
+        found = [doc for status in ACTIVE for doc in await db.parcels.find({"status": status}, fields).to_list(None)]
     by_driver: dict[int, list[dict[str, Any]]] = {driver_id: [] for driver_id in wanted}
     for doc in sorted(found, key=lambda doc: (doc.get("route_seq", doc["seq"]), doc["seq"])):
         if doc.get("driver_id") in by_driver:
@@ -318,11 +326,11 @@ async def set_route(db: Database, driver_id: int, order: Sequence[int]) -> list[
 
 async def route_changed(db: Database, driver_id: int | None) -> list[dict[str, Any]]:
     """A driver's route after a change to it (an assignment, a stop finished, a reorder), with its
-    next stop noted (`mark_next_stop`)."""
+    next stop and each stop's place noted (`mark_route`)."""
     if driver_id is None:
         return []
     route = await active_for_driver(db, driver_id)
-    await mark_next_stop(db, route, utcnow())
+    await mark_route(db, route, utcnow())
     return route
 
 
@@ -331,7 +339,7 @@ async def with_stops_before(db: Database, docs: Sequence[dict[str, Any]]) -> dic
     active parcels come before it (`routes` reads them). Returns each driver's number of stops."""
     drivers = {doc["driver_id"] for doc in docs if doc.get("driver_id") is not None and doc["status"] not in FINISHED}
     position: dict[int, int] = {}
-    found = await routes(db, sorted(drivers)) if drivers else {}
+    found = await routes(db, sorted(drivers), ROUTE_FIELDS) if drivers else {}
     for route in found.values():
         position.update((doc["_id"], n) for n, doc in enumerate(route))
     for doc in docs:
@@ -340,18 +348,31 @@ async def with_stops_before(db: Database, docs: Sequence[dict[str, Any]]) -> dic
     return {driver_id: len(route) for driver_id, route in found.items()}
 
 
-async def mark_next_stop(db: Database, route: Sequence[dict[str, Any]], now: datetime) -> None:
-    """Note when a route's first parcel became the driver's next stop (`next_stop_since`;
-    a share link shows the truck from then on, models.shares.position_since) and that the
-    others are not. Writes only what changed; `route` (as `active_for_driver` read it) is
-    updated to match."""
+async def mark_route(db: Database, route: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Note on each parcel of a route its place (`stops_before`, kept so that a list of parcels
+    needs no route read) and when the first became the driver's next stop (`next_stop_since`;
+    a share link shows the truck from then on, models.shares.position_since). Writes only what
+    changed; `route` (as `active_for_driver` read it) is updated to match."""
     for n, doc in enumerate(route):
+        change: dict[str, Any] = {}
+        if doc.get("stops_before") != n:
+            change["stops_before"] = n
         if n == 0 and doc.get("next_stop_since") is None:
-            await db.parcels.update_one({"_id": doc["_id"]}, {"$set": {"next_stop_since": now}})
-            doc["next_stop_since"] = now
+            change["next_stop_since"] = now
         elif n > 0 and doc.get("next_stop_since") is not None:
-            await db.parcels.update_one({"_id": doc["_id"]}, {"$set": {"next_stop_since": None}})
-            doc["next_stop_since"] = None
+            change["next_stop_since"] = None
+        if change:
+            await db.parcels.update_one({"_id": doc["_id"]}, {"$set": change})
+            doc.update(change)
+
+
+async def stored_stops_before(db: Database, docs: Sequence[dict[str, Any]]) -> None:
+    """`stops_before` for a list, as `mark_route` stored it; worked out (`with_stops_before`) only
+    for parcels stored before it was kept."""
+    legacy = [doc for doc in docs if "stops_before" not in doc and doc.get("driver_id") is not None
+              and doc["status"] not in FINISHED]
+    if legacy:
+        await with_stops_before(db, legacy)
 
 
 async def all_active(db: Database) -> list[dict[str, Any]]:
@@ -375,7 +396,8 @@ async def assign_driver(db: Database, parcel_id: int, driver_id: int) -> tuple[d
             change["$set"]["status"] = "assigned"
             change["$push"] = {"timeline": {"status": "assigned", "timestamp": now}}
         if before["status"] in ("pending", "failed") or before.get("driver_id") != driver_id:
-            change["$set"].update(route_seq=route_key(now), next_stop_since=None)  # last on the new route
+            change["$set"].update(route_seq=route_key(now), next_stop_since=None,  # last on the new route
+                                  stops_before=None)
         result = await db.parcels.update_one(
             {"_id": parcel_id, "status": before["status"], "driver_id": before.get("driver_id")}, change
         )
@@ -402,6 +424,8 @@ async def set_status(db: Database, parcel_id: int, status: str,
         step: dict[str, Any] = {"status": status, "timestamp": now, **(failed or {})}
         guard: dict[str, Any] = {"_id": parcel_id, "status": {"$in": sorted(sources)}}
         change: dict[str, Any] = {"$set": {"status": status}, "$push": {"timeline": step}}
+        if status in FINISHED:  # off its driver's route
+            change["$set"]["stops_before"] = None
         if status in ATTEMPTS:
             change["$inc"] = {"attempts": 1}
         if failed is not None:
@@ -427,3 +451,18 @@ async def set_status(db: Database, parcel_id: int, status: str,
             was = doc["status"] if doc else "missing"
             raise TransitionRefused(f"a parcel that is {was} cannot become {status}")
     raise TransitionRefused("the parcel is changing right now; try again")
+
+
+async def set_recipient(db: Database, parcel_id: int, recipient: dict[str, Any] | None,
+                        statuses: Sequence[str] | None = None) -> dict[str, Any]:
+    """Change a parcel's recipient (checked already: models/intake.py), while its status is one of
+    `statuses` (None: any; docs/protocol.md, "The recipient"); TransitionRefused once it is not."""
+    guard: dict[str, Any] = {"_id": parcel_id}
+    if statuses is not None:
+        guard["status"] = {"$in": list(statuses)}
+    result = await db.parcels.update_one(guard, {"$set": {"recipient": recipient}})
+    doc = await get_parcel(db, parcel_id)
+    if not result.matched_count or doc is None:
+        was = doc["status"].replace("_", " ") if doc else "missing"
+        raise TransitionRefused(f"the parcel is {was}: its recipient can no longer be changed but by a dispatcher")
+    return doc

@@ -150,7 +150,11 @@ async def deactivate(db: Database, user_id: int) -> User | None:
 
 
 async def activate(db: Database, user_id: int) -> User | None:
-    """They may log in again (with the password they had); a new session begins."""
+    """They may log in again (with the password they had); a new session begins. Someone
+    active already stays as they are (their sessions go on)."""
+    user = await get_user(db, user_id)
+    if user is None or user.active:
+        return user
     return await end_sessions(db, user_id, active=True)
 
 

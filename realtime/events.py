@@ -7,12 +7,14 @@ another process made that this process notices), `arriving` by the hub the first
 parcel's driver is close. Listeners are coroutines, run in background tasks so that the
 answer to the request (or the broadcast) never waits for them; each one records what it
 must send durably, under a key of its own making (models/outbox.py), so an event told
-twice (two processes noticing the same change) is sent once.
+twice (two processes noticing the same change) is sent once. A few are recorded at a time
+(RECORDING_AT_ONCE): a burst waits in memory rather than at the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from models.db import utcnow
 
 log = logging.getLogger("parcel.events")
 
+RECORDING_AT_ONCE = 4  # listeners running at once: a 5,000-row import's events wait their turn
 TYPES = ("parcel.created", "parcel.status_changed", "parcel.delivered", "parcel.failed", "parcel.arriving")
 
 
@@ -44,6 +47,9 @@ class Events:
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task] = set()
+        # Events come in bursts (an import creates thousands of parcels at once); recorded a few at a
+        # time, they never crowd the database's other work (the import itself, the live path's reads).
+        self._turns = asyncio.Semaphore(RECORDING_AT_ONCE)
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -64,14 +70,16 @@ class Events:
 
     def _emit(self, event: Event) -> None:
         for listener in self._listeners:
-            task = asyncio.ensure_future(self._tell(listener, event))
+            # A context of its own: not the request's database deadline (pymongo.timeout), which
+            # would be what is left of it once the answer has gone.
+            task = asyncio.get_running_loop().create_task(self._tell(listener, event), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _tell(listener: Listener, event: Event) -> None:
+    async def _tell(self, listener: Listener, event: Event) -> None:
         try:
-            await listener(event)
+            async with self._turns:
+                await listener(event)
         except Exception:
             log.exception("could not record %s of parcel %d", event.type, event.parcel_id)
 

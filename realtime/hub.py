@@ -24,6 +24,7 @@ The application hands it the sample writer and the metrics it reports to.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable
@@ -69,7 +70,8 @@ class Hub:
     WHOLE_ROUTE = WHOLE_ROUTE  # for the route socket: its fix names no parcel
 
     def __init__(self, db: Database, writer: SampleWriter, metrics: Metrics, events: Events, *, sample_every: int,
-                 broker_url: str, state_ttl: float, shutdown_timeout: float, geofence_radius_m: float) -> None:
+                 broker_url: str, state_ttl: float, shutdown_timeout: float, geofence_radius_m: float,
+                 arriving_within: float = 600.0) -> None:
         self.db = db
         self.metrics = metrics
         self.writer = writer
@@ -78,6 +80,7 @@ class Hub:
         self.state_ttl = state_ttl
         self.shutdown_timeout = shutdown_timeout
         self.geofence_radius_m = geofence_radius_m
+        self.arriving_within = arriving_within  # seconds: an ETA to the destination under this is "arriving"
         self.broker = make_broker(broker_url, self._deliver, metrics=metrics, resync=self._resync_soon)
         self._channels: dict[int, Channel] = {}
         self._link_versions: WeakKeyDictionary[Subscriber, int] = WeakKeyDictionary()  # share sockets' link versions
@@ -141,7 +144,8 @@ class Hub:
             except Exception:
                 log.exception("%s failed", doing)
 
-        task = asyncio.ensure_future(run())
+        # A context of its own: a request that started it must not lend it its database deadline.
+        task = asyncio.get_running_loop().create_task(run(), context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -384,6 +388,12 @@ class Hub:
         seen = channel.journey.observe(location["lat"], location["lng"], ms / 1000, state.status,
                                        location.get("accuracy"))
         parcel_id = channel.parcel_id
+        eta = seen.eta
+        if not channel.told_arriving and state.status == "in_transit" and (
+                ("destination", "enter") in seen.crossings
+                or (eta is not None and eta["to"] == "destination" and eta["seconds"] < self.arriving_within)):
+            channel.told_arriving = True  # once per attempt here; the outbox's key makes a second telling harmless
+            self.events.arriving(parcel_id)
         self.broker.publish({
             "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
             "message": protocol.location_message(parcel_id, driver_id, location, when, seen.eta, seen.low_quality),

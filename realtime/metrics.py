@@ -47,6 +47,12 @@ class Metrics:
         self.broker_unpublished = Counter("parcel_broker_unpublished", "Events that could not be published to the "
                                           "broker (delivered in this process only)", ["kind"], registry=self.registry)
         self.broker_outages = Counter("parcel_broker_outages", "Times the broker was lost", registry=self.registry)
+        # The outbox (models/outbox.py): e-mails and webhooks sent, failed sends (tried again), given up after 24 h.
+        self.outbox_sent = Counter("parcel_outbox_sent", "Outbox entries sent", ["kind"], registry=self.registry)
+        self.outbox_failures = Counter("parcel_outbox_failures", "Outbox sends that failed and will be tried again",
+                                       ["kind"], registry=self.registry)
+        self.outbox_given_up = Counter("parcel_outbox_given_up", "Outbox entries given up after failing for 24 h",
+                                       ["kind"], registry=self.registry)
 
     def watch(self, open_sockets: OpenSockets, samples: SampleCounts) -> None:
         """Report these open sockets and the sample writer's figures at every scrape."""

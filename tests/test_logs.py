@@ -3,13 +3,15 @@
 The in-process tests read the app's log records; this one reads everything the
 server process writes, access log, warnings and all, after the ways a token or a
 password could reach it: a socket accepted, refused for its token, refused for its
-parcel, refused for its origin, a failed login, and a share link's page and history.
+parcel, refused for its origin, a failed login, a share link's page and history, and an
+unsubscribe link.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -39,6 +41,10 @@ def test_nothing_secret_in_anything_serve_prints(tmp_path):
         with urllib.request.urlopen(link["url"], timeout=10) as page:
             assert page.status == 200
         assert server.api("GET", f"/t/{link['token']}/locations")[0] == 200
+        unsubscribe = "u" * 30  # an unsubscribe link's token (models/mail.py), unknown or not
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/u/{unsubscribe}", timeout=10)
+        assert unknown.value.code == 404
 
         async def sockets() -> None:
             base = f"ws://127.0.0.1:{server.port}/ws/tracking/?parcel_id={parcel['id']}&token="
@@ -59,6 +65,7 @@ def test_nothing_secret_in_anything_serve_prints(tmp_path):
     assert me["email"] == "c@example.test"
     assert "/ws/tracking/" in output and "POST /api/token/" in output, output  # the access log is there
     assert "GET /t/[token] " in output and "GET /t/[token]/locations " in output, output
-    for secret in (client, other, wrong_password, PASSWORD, link["token"]):
+    assert "GET /u/[token] " in output, output
+    for secret in (client, other, wrong_password, PASSWORD, link["token"], unsubscribe):
         for fragment in (secret, secret[:16], secret.rsplit(".", 1)[-1]):
             assert fragment not in output, (fragment, output)

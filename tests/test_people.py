@@ -318,3 +318,14 @@ async def test_the_pages_deactivate_asks_first_then_ends_the_sessions(world):
                                     {"confirmed": "yes"}, xsrf=False)
     assert refused_xsrf.code == 403 and (await users.get_user(world.app.db, s.driver.id)).active
     assert json.loads((await world.api("GET", "/api/users/?role=client", s.dispatcher)).body)[0]["active"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_activating_someone_active_already_ends_nothing(world):
+    s = await scene(world)
+    watcher = await subscribed(world, s.id, s.client)
+    again = await world.api("POST", f"/api/users/{s.client.id}/activate/", s.dispatcher)
+    assert again.code == 200 and body(again)["active"] is True
+    assert (await world.api("GET", "/api/me/", s.client)).code == 200  # the same session goes on
+    watcher.write_message(json.dumps({"type": "location_update", "lat": 28.6, "lng": 77.2}))
+    assert (await recv(watcher))["type"] == "error"  # a client may not send: the socket is still open
