@@ -84,6 +84,11 @@ class Events:
             log.exception("could not record %s of parcel %d", event.type, event.parcel_id)
 
     async def drain(self, within: float) -> None:
-        """Wait (at most `within` seconds) for the events being recorded, before shutting down."""
+        """Wait (at most `within` seconds) for the events being recorded, before shutting down;
+        those still waiting then are cancelled (and end in their own tasks, not when collected)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=within)
+        left = list(self._tasks)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)

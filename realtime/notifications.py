@@ -14,7 +14,6 @@ steps), so a failed delivery attempted again is told again.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from typing import Any
 
 import pymongo
@@ -70,10 +69,8 @@ class Notifications:
         self._turns: dict[int, tuple[asyncio.Lock, int]] = {}  # a parcel's events, one at a time: its lock, users
 
     async def __call__(self, event: Event) -> None:
-        # The event was told inside a request, whose database deadline its task inherited
-        # (handlers/base.py): this work gets a context, and a deadline, of its own.
-        task = asyncio.get_running_loop().create_task(self.tell(event), context=contextvars.Context())
-        await task
+        # realtime/events.py runs this in a context of its own: no request's deadline, DEADLINE's below.
+        await self.tell(event)
 
     async def tell(self, event: Event) -> None:
         """Queue the e-mail this event makes, if any (and if it was not queued before). One
