@@ -25,6 +25,7 @@ from models.db import utcnow
 
 log = logging.getLogger("parcel.events")
 
+CANCELLED_WITHIN = 0.2  # seconds the cancelled listeners get to end at shutdown
 RECORDING_AT_ONCE = 4  # listeners running at once: a 5,000-row import's events wait their turn
 TYPES = ("parcel.created", "parcel.status_changed", "parcel.delivered", "parcel.failed", "parcel.arriving")
 
@@ -91,4 +92,5 @@ class Events:
         left = list(self._tasks)
         for task in left:
             task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
+        if left:  # bounded: a task that does not end at once is not waited for
+            await asyncio.wait(left, timeout=CANCELLED_WITHIN)
