@@ -95,7 +95,7 @@ class Channel:
     """One parcel's subscribers and live state (see the module's docstring)."""
 
     __slots__ = ("parcel_id", "subscribers", "state", "stale", "latest", "journey", "accepted", "unsaved",
-                 "batch_newest", "board_sent", "board_waiting", "stops_before", "told_arriving")
+                 "batch_newest", "board_sent", "board_waiting", "stops_before")
 
     def __init__(self, parcel_id: int) -> None:
         self.parcel_id = parcel_id
@@ -110,7 +110,6 @@ class Channel:
         self.board_sent: float | None = None  # when its location last went to the boards (time.monotonic)
         self.board_waiting: bytes | None = None  # the latest location frame held back from the boards
         self.stops_before: int | None = None  # its place on its driver's route, as last told (`route_position`)
-        self.told_arriving = False  # `Events.arriving` was told for this delivery attempt (Hub._publish)
 
     @property
     def idle(self) -> bool:
@@ -130,6 +129,5 @@ class Channel:
         """The parcel finished: nothing of its journey is kept (its unsaved position is saved first)."""
         self.forget_position()
         self.accepted = 0
-        self.told_arriving = False
         self.batch_newest = None
         self.board_sent = None

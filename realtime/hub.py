@@ -384,15 +384,11 @@ class Hub:
                                            for known in (channel.latest, state.stored)):
             return
         if channel.journey is None:
-            channel.journey = Journey(state.pickup, state.destination, self.geofence_radius_m)
+            channel.journey = Journey(state.pickup, state.destination, self.geofence_radius_m, self.arriving_within)
         seen = channel.journey.observe(location["lat"], location["lng"], ms / 1000, state.status,
                                        location.get("accuracy"))
         parcel_id = channel.parcel_id
-        eta = seen.eta
-        if not channel.told_arriving and state.status == "in_transit" and (
-                ("destination", "enter") in seen.crossings
-                or (eta is not None and eta["to"] == "destination" and eta["seconds"] < self.arriving_within)):
-            channel.told_arriving = True  # once per attempt here; the outbox's key makes a second telling harmless
+        if seen.arriving:  # once per journey here; the outbox's key makes a second telling harmless
             self.events.arriving(parcel_id)
         self.broker.publish({
             "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),

@@ -84,6 +84,9 @@ class Observation:
     low_quality: bool
     eta: dict[str, Any] | None
     crossings: tuple[tuple[str, str], ...]  # (zone, "enter"|"exit")
+    # The first fix, in transit, entering the destination's zone or with an ETA to it under
+    # `arriving_within` (docs/protocol.md, "Events").
+    arriving: bool = False
 
 
 class _Mark(NamedTuple):
@@ -235,7 +238,8 @@ class Journey:
     """One parcel's fixes: their quality, its ETA and the driver's place inside or outside
     the pickup and destination zones."""
 
-    def __init__(self, pickup: dict[str, Any], destination: dict[str, Any], radius_m: float) -> None:
+    def __init__(self, pickup: dict[str, Any], destination: dict[str, Any], radius_m: float,
+                 arriving_within: float = 0.0) -> None:
         self.targets = {zone: (point["lat"], point["lng"]) for zone, point in zip(ZONES, (pickup, destination),
                                                                                   strict=True)}
         self.radius_m = radius_m
@@ -243,6 +247,8 @@ class Journey:
         self.last_good: tuple[float, float, float] | None = None  # lat, lng, time
         self.estimator: _Estimator | None = None
         self.last_eta: dict[str, Any] | None = None
+        self.arriving_within = arriving_within  # seconds of ETA to the destination that count as arriving
+        self.arrived = False  # `arriving` was said once: never again on this journey
 
     def observe(self, lat: float, lng: float, t: float, status: str, accuracy: float | None = None) -> Observation:
         """One accepted fix at `t` (seconds since the epoch) while the parcel is `status`."""
@@ -256,7 +262,13 @@ class Journey:
         distances = {zone: distance_m((lat, lng), point) for zone, point in self.targets.items()}
         crossings = tuple(self._cross(zone, d) for zone, d in distances.items())
         self.last_eta = self._eta((lat, lng), distances[target] if target else 0.0, t, target)
-        return Observation(False, self.last_eta, tuple(c for c in crossings if c))
+        told = tuple(c for c in crossings if c)
+        eta = self.last_eta
+        arriving = not self.arrived and status == "in_transit" and (
+            ("destination", "enter") in told
+            or (eta is not None and eta["to"] == "destination" and eta["seconds"] < self.arriving_within))
+        self.arrived = self.arrived or arriving
+        return Observation(False, eta, told, arriving)
 
     def _low_quality(self, lat: float, lng: float, t: float, accuracy: float | None) -> bool:
         if accuracy is not None and accuracy > LOW_ACCURACY_M:

@@ -100,6 +100,17 @@ def test_geofences_fire_once_per_crossing_and_ignore_jitter_at_the_edge() -> Non
     assert events == [("destination", "enter"), ("destination", "exit"), ("destination", "enter")]
 
 
+def test_arriving_is_said_once_in_transit_at_the_destinations_zone_however_often_it_is_entered() -> None:
+    journey = Journey(PICKUP, DESTINATION, 150, arriving_within=0.0)  # the zone alone says it
+    said = [journey.observe(*east_of_destination(m), 1000 + i * 10, "picked_up").arriving
+            for i, m in enumerate([400, 140])]
+    assert said == [False, False]  # not on its way to the recipient yet
+    journey = Journey(PICKUP, DESTINATION, 150, arriving_within=0.0)
+    said = [journey.observe(*east_of_destination(m), 1000 + i * 10, "in_transit").arriving
+            for i, m in enumerate([400, 300, 140, 230, 140])]
+    assert said == [False, False, True, False, False]  # entered twice, said once
+
+
 def test_inaccurate_fixes_and_impossible_jumps_are_low_quality_and_move_nothing() -> None:
     journey = Journey(PICKUP, DESTINATION, 150)
     journey.observe(*east_of_destination(2000), 1000, "in_transit")
