@@ -105,7 +105,7 @@ class Socket(tornado.websocket.WebSocketHandler):
 
     # A socket's own fields live in slots: added to Tornado's already large instance dict,
     # they would grow every open socket by about 1.5 KiB (README, "Performance").
-    __slots__ = ("user", "_counted", "_recent", "_mark", "parcel_id", "parcels")
+    __slots__ = ("user", "_counted", "_recent", "_mark", "parcel_id", "parcels", "_holding")
     kind: str  # its label in /metrics and in the hub
     roles: tuple[str, ...] = ()  # who may open it (empty: anyone the parcel's rules allow)
 
@@ -131,6 +131,7 @@ class Socket(tornado.websocket.WebSocketHandler):
         self._mark = self.hub.session_mark()  # sessions that end from now on end this handshake too
         self.parcel_id: int | None = None  # a parcel's socket: its parcel
         self.parcels: list[int] = []  # a route socket: the driver's active parcels (the hub keeps it)
+        self._holding: list[tuple[int | None, bytes]] | None = None  # the hub's frames while it starts (`hold`)
 
     def prepare(self) -> None:
         apply_forwarded(self.request, self.application.config.trusted_proxies)
@@ -281,13 +282,30 @@ class Socket(tornado.websocket.WebSocketHandler):
 
     # -- the hub's side (Subscriber) -----------------------------------------
 
-    def send_text(self, text: str) -> None:
-        self.send_frame(text_frame(text))
+    def hold(self) -> None:
+        """Until `release`, the hub's frames wait: the socket's first messages are still being read."""
+        self._holding = []
 
-    def send_frame(self, frame: bytes) -> None:
-        """Write a framed message (realtime/frames.py); a socket that has gone meanwhile is
-        simply skipped, and one whose reader has fallen Settings.max_unsent behind is closed (1008)
-        rather than kept in memory."""
+    def release(self, after: int) -> None:
+        """Send the frames held meanwhile, but those numbered up to `after` (its first messages had them)."""
+        held, self._holding = self._holding, None
+        for offset, frame in held or ():
+            if offset is None or offset > after:
+                self._write(frame)
+
+    def send_text(self, text: str) -> None:
+        self._write(text_frame(text))
+
+    def send_frame(self, frame: bytes, offset: int | None = None) -> None:
+        """A framed message from the hub (realtime/frames.py), numbered `offset` on its parcel's stream."""
+        if self._holding is not None:
+            self._holding.append((offset, frame))
+        else:
+            self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        """Write a frame; a socket that has gone meanwhile is simply skipped, and one whose reader
+        has fallen Settings.max_unsent behind is closed (1008) rather than kept in memory."""
         connection = self.ws_connection
         if connection is None or connection.is_closing():
             return

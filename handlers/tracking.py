@@ -49,12 +49,32 @@ class TrackingSocket(Socket):
             return
         if parcel is None or not can_view(user, parcel):
             self._refuse(CLOSE_FORBIDDEN, NOT_ALLOWED)
+        since, epoch = self.last_seen()
         self.count_in(user)
         self.parcel_id = parcel_id
-        snapshot = self.hub.subscribe(self, parcel, loaded=known is None)
-        self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"], self.hub.stops_before(parcel_id)))
-        if snapshot:
-            self.send_text(snapshot)
+        self.hold()  # what the hub sends while the broker answers follows what it answers
+        self.hub.subscribe(self, parcel, loaded=known is None)
+        recovery, first = await self.hub.recover(self, parcel_id, since, epoch)
+        if self.closing():
+            return
+        self.send_text(protocol.subscribed(parcel_id, user.role, parcel["status"], self.hub.stops_before(parcel_id),
+                                           epoch=recovery.epoch, offset=recovery.offset,
+                                           recovered=None if since is None else recovery.missed is not None))
+        for text in first:
+            self.send_text(text)
+        self.release(recovery.offset)
+
+    def last_seen(self) -> tuple[int | None, str]:
+        """What a reconnecting client saw last, `since` and `epoch` (docs/protocol.md, "Recovery on
+        reconnect"); Closed (4400) when malformed."""
+        since, epoch = self._argument("since"), self._argument("epoch")
+        if not since:
+            return None, ""
+        if not re.fullmatch(r"[0-9]{1,15}", since):
+            self._refuse(CLOSE_BAD_REQUEST, "since must be a non-negative integer")
+        if len(epoch) > 64:
+            self._refuse(CLOSE_BAD_REQUEST, "epoch must be at most 64 characters")
+        return int(since), epoch
 
     async def look_up(self, short: tokens.ShortShare) -> tokens.Shared:
         """What a short share token names, a batched read (Closed for an unknown or expired

@@ -35,7 +35,7 @@ class Subscriber(Protocol):
 
     def send_text(self, text: str) -> None: ...
 
-    def send_frame(self, frame: bytes) -> None: ...
+    def send_frame(self, frame: bytes, offset: int | None = None) -> None: ...
 
     def revoke(self, message: str, code: int = ...) -> None: ...
 
@@ -108,7 +108,7 @@ class Channel:
         self.unsaved: Position | None = None
         self.batch_newest: datetime | None = None  # the newest offline-batch fix stored
         self.board_sent: float | None = None  # when its location last went to the boards (time.monotonic)
-        self.board_waiting: bytes | None = None  # the latest location frame held back from the boards
+        self.board_waiting: dict[str, Any] | None = None  # the latest location held back from the boards
         self.stops_before: int | None = None  # its place on its driver's route, as last told (`route_position`)
 
     @property

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import time
 from collections.abc import Awaitable
@@ -35,10 +36,10 @@ from weakref import WeakKeyDictionary
 
 from models import parcels, shares, users
 from models.access import VIEWER, User, link_viewer, location_refusal
-from models.db import Database, from_ms, now_ms, stamp, unreachable, utcnow
+from models.db import Database, from_ms, iso, now_ms, stamp, unreachable, utcnow
 from models.locations import SampleWriter, thin_batch
 from realtime import protocol
-from realtime.broker import make_broker
+from realtime.broker import Recovery, make_broker
 from realtime.channel import Channel, ParcelState, Position, Subscriber, stored_location
 from realtime.events import Events
 from realtime.frames import text_frame
@@ -190,25 +191,61 @@ class Hub:
         state = channel.state if channel is not None else None
         return state if state is not None and time.monotonic() - state.checked <= self.state_ttl else None
 
-    def subscribe(self, subscriber: Subscriber, parcel: dict[str, Any], loaded: bool = True) -> str | None:
+    def subscribe(self, subscriber: Subscriber, parcel: dict[str, Any], loaded: bool = True) -> None:
         """Add a subscriber of a parcel just read from the database (`loaded`) or `known()`;
-        returns the snapshot to send it (the latest location), if any."""
+        `recover` then says what to send it first."""
         channel = self._open(parcel["_id"])
-        channel.subscribers.add(subscriber)
+        self._join(channel, subscriber)
         self._by_user.setdefault(subscriber.user.id, set()).add(subscriber)
         if subscriber.user.role == VIEWER:  # its link's version is the parcel's it was checked against
             self._link_versions[subscriber] = shares.version(parcel)
         if loaded or channel.state is None:
             channel.state = ParcelState.of(parcel)
+
+    async def recover(self, subscriber: Subscriber, parcel_id: int, since: int | None,
+                      epoch: str) -> tuple[Recovery, list[str]]:
+        """A new subscriber's start (docs/protocol.md, "Recovery on reconnect"): the parcel's stream
+        as the broker holds it, and what to send after `subscribed`: every message after `since`
+        when they are all held (`Recovery.missed`), else the snapshot (the latest location)."""
+        recovery = await self.broker.recover(parcel_id, since, epoch)
+        channel = self._channels.get(parcel_id)
+        if channel is None or channel.state is None:  # it left while the broker answered
+            return recovery, []
+        viewer = subscriber.user.role == VIEWER
+        if recovery.missed is not None:
+            if not viewer:
+                return recovery, recovery.missed
+            return recovery, [shown for text in recovery.missed if (shown := self._for_viewer(channel, text))]
+        state = channel.state
+        if channel.latest is None and recovery.latest is not None and not state.finished:
+            held = json.loads(recovery.latest)  # another process's driver: its newest fix, if still the driver
+            if held["driver_id"] == str(state.driver_id) and (state.stored is None
+                                                               or held["timestamp"] > state.stored["timestamp"]):
+                channel.latest = held
         latest = channel.latest or channel.state.stored
-        if subscriber.user.role == VIEWER:
-            return protocol.encode(latest, viewer=True) if self._link_shows(channel, latest) else None
-        return latest and protocol.encode(latest)
+        if latest is None or (viewer and not self._link_shows(channel, latest)):
+            return recovery, []
+        return recovery, [protocol.encode(protocol.without_offset(latest), viewer=viewer)]
+
+    def _for_viewer(self, channel: Channel, text: str) -> str:
+        """A held message as a share link's viewer may see it ("": not at all)."""
+        message = json.loads(text)
+        if message["type"] != "location_update":
+            return text
+        return protocol.encode(message, viewer=True) if self._link_shows(channel, message) else ""
+
+    def _join(self, channel: Channel, subscriber: Subscriber) -> None:
+        if not channel.subscribers:
+            self.broker.watch(channel.parcel_id)
+        channel.subscribers.add(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber, parcel_id: int | None = None) -> None:
         """Remove a subscriber from one parcel (`parcel_id`), or from everything (None: its socket closed)."""
         if parcel_id is None:
-            self._boards.discard(subscriber)
+            if subscriber in self._boards:
+                self._boards.discard(subscriber)
+                if not self._boards:
+                    self.broker.watch_boards(False)
             if subscriber.kind == "driver":
                 self._leave_route(subscriber)
         else:
@@ -224,8 +261,11 @@ class Hub:
         channel = self._channels.get(parcel_id)
         if channel is None:
             return
+        if subscriber not in channel.subscribers:
+            return
         channel.subscribers.discard(subscriber)
         if not channel.subscribers:
+            self.broker.unwatch(parcel_id)
             channel.state = None
             channel.stale = False
             self._release(channel)
@@ -244,7 +284,7 @@ class Hub:
             return
         socket.parcels.append(parcel_id)
         channel = self._open(parcel_id)
-        channel.subscribers.add(socket)
+        self._join(channel, socket)
         if channel.state is None:
             channel.state = state
 
@@ -261,6 +301,8 @@ class Hub:
 
     def join_board(self, board: Subscriber, active: list[dict[str, Any]]) -> str:
         """A dispatcher's board; returns its first message, every active parcel where it is."""
+        if not self._boards:
+            self.broker.watch_boards(True)
         self._boards.add(board)
         self._by_user.setdefault(board.user.id, set()).add(board)
         entries = []
@@ -390,13 +432,14 @@ class Hub:
         parcel_id = channel.parcel_id
         if seen.arriving:  # once per journey here; the outbox's key makes a second telling harmless
             self.events.arriving(parcel_id)
-        self.broker.publish({
-            "kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
-            "message": protocol.location_message(parcel_id, driver_id, location, when, seen.eta, seen.low_quality),
-        })
+        message = protocol.location_message(parcel_id, driver_id, location, when, seen.eta, seen.low_quality)
+        self.broker.record(parcel_id, {"kind": "location", "parcel_id": parcel_id, "accepted": time.time(),
+                                       "message": message}, protocol.encode(message))
+        if self.broker.wants_boards:
+            self._to_boards(channel, message)
         for zone, event in seen.crossings:
-            self.broker.publish({"kind": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
-                                 "timestamp": when})
+            self.broker.record(parcel_id, {"kind": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
+                                           "timestamp": when}, protocol.geofence(parcel_id, zone, event, when))
 
     def _store_batch(self, channel: Channel, driver_id: int, fixes: list[tuple[dict[str, Any], datetime]]) -> None:
         kept = thin_batch(fixes, channel.batch_newest)
@@ -428,13 +471,15 @@ class Hub:
         replaced driver, move it between drivers' routes, and tell the outside (realtime/events.py)."""
         if status_changed:
             self.events.status_changed(parcel)
-        self.broker.publish({
+        now = utcnow()
+        # A status is a parcel's message (numbered, held for recovery) and a control event, for every process.
+        self.broker.record(parcel["_id"], {
             "kind": "parcel", "parcel_id": parcel["_id"], "status": parcel["status"],
             "driver_id": parcel.get("driver_id"), "owner_id": parcel["owner_id"],
             "pickup": parcel["pickup"], "destination": parcel["destination"],
             "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
-            "shown_from": shares.position_since_text(parcel, utcnow()),
-        })
+            "shown_from": shares.position_since_text(parcel, now), "timestamp": iso(now),
+        }, protocol.status(parcel["_id"], parcel["status"], now), control=True)
         for driver_id in {parcel.get("driver_id"), previous_driver_id} - {None}:
             self._route_soon(driver_id)
 
@@ -485,18 +530,20 @@ class Hub:
             return self._end_sessions(event["user_id"])
         if kind == "route":
             return self._apply_route(event["driver_id"], event["stops"])
-        parcel_id = event["parcel_id"]
+        if kind == "board":
+            return self._tell_boards(text_frame(protocol.encode(event["message"])))
+        parcel_id, offset = event["parcel_id"], event.get("offset")
         if kind == "location":
-            message = event["message"]
+            message = event["message"] if offset is None else {**event["message"], "offset": offset}
             channel = self._open(parcel_id)
             channel.latest = message
-            frame = text_frame(protocol.encode(message))
-            self._send_frame(channel, frame, message)
-            if self._boards:
-                self._to_boards(channel, frame)
+            self._send_frame(channel, text_frame(protocol.encode(message)), message, offset)
             self.metrics.broadcast_latency.observe(max(0.0, time.time() - event["accepted"]))
         elif kind == "geofence":
-            self._send(parcel_id, protocol.geofence(parcel_id, event["zone"], event["event"], event["timestamp"]))
+            self._send(parcel_id, protocol.geofence(parcel_id, event["zone"], event["event"], event["timestamp"],
+                                                    offset), offset)
+        elif kind == "route_position":
+            self._tell_route_position(parcel_id, event["stops_before"], offset)
         elif kind == "links":
             self._close_links(parcel_id, shares.GONE)
         else:
@@ -504,7 +551,7 @@ class Hub:
 
     def _apply_parcel_event(self, parcel_id: int, event: dict[str, Any]) -> None:
         """A parcel's status or driver changed (`parcel_changed`, in whichever process)."""
-        status, driver_id, now = event["status"], event["driver_id"], utcnow()
+        status, driver_id, now = event["status"], event["driver_id"], event["timestamp"]
         self._apply_change(parcel_id, driver_id, status, event.get("shown_from"))
         if event["revoke_driver_id"] is not None:
             self._revoke_driver(parcel_id, event["revoke_driver_id"])
@@ -516,7 +563,7 @@ class Hub:
                 if parcel_id not in socket.parcels:
                     self._add_to_route(socket, parcel_id, state)
                     socket.send_text(protocol.route_changed(socket.parcels))
-        self._send(parcel_id, protocol.status(parcel_id, status, now))
+        self._send(parcel_id, protocol.status(parcel_id, status, now, offset=event.get("offset")), event.get("offset"))
         channel = self._channels.get(parcel_id)
         for socket in [s for s in (channel.subscribers if channel else ()) if s.kind == "driver"]:
             if finished or socket.user.id != driver_id:
@@ -542,17 +589,27 @@ class Hub:
                 channel.state = replace(state, shown_from=shown_from)
             if channel.stops_before != position:
                 # Not known before (learnt for a new subscriber, `stops_before`): told in `subscribed`
-                # or the page, so only a change is sent.
+                # or the page, so only a change is sent: once, whichever processes saw it (`once`).
                 told, channel.stops_before = channel.stops_before, position
-                if told is not None:  # to the parcel's own sockets: a route socket has its `parcels`
-                    frame = text_frame(protocol.route_position(parcel_id, position))
-                    for subscriber in [s for s in channel.subscribers if s.kind == "tracking"]:
-                        subscriber.send_frame(frame)
+                if told is not None:
+                    self.broker.record(parcel_id, {"kind": "route_position", "parcel_id": parcel_id,
+                                                   "stops_before": position},
+                                       protocol.route_position(parcel_id, position), once=str(position))
         for socket in list(self._routes.get(driver_id, ())):
             ordered = [p for p in order if p in socket.parcels] + [p for p in socket.parcels if p not in order]
             if ordered != socket.parcels:
                 socket.parcels[:] = ordered
                 socket.send_text(protocol.route_changed(socket.parcels))
+
+    def _tell_route_position(self, parcel_id: int, stops_before: int, offset: int | None) -> None:
+        """To the parcel's own sockets: a route socket has its `parcels`."""
+        channel = self._channels.get(parcel_id)
+        if channel is None:
+            return
+        channel.stops_before = stops_before
+        frame = text_frame(protocol.route_position(parcel_id, stops_before, offset))
+        for subscriber in [s for s in channel.subscribers if s.kind == "tracking"]:
+            subscriber.send_frame(frame, offset)
 
     def stops_before(self, parcel_id: int) -> int | None:
         """A subscribed parcel's place on its driver's route, for `subscribed`, when the hub knows
@@ -565,12 +622,13 @@ class Hub:
             self._route_soon(state.driver_id)
         return channel.stops_before
 
-    def _send(self, parcel_id: int, text: str) -> None:
+    def _send(self, parcel_id: int, text: str, offset: int | None = None) -> None:
         channel = self._channels.get(parcel_id)
         if channel is not None:
-            self._send_frame(channel, text_frame(text))
+            self._send_frame(channel, text_frame(text), offset=offset)
 
-    def _send_frame(self, channel: Channel, frame: bytes, message: dict[str, Any] | None = None) -> None:
+    def _send_frame(self, channel: Channel, frame: bytes, message: dict[str, Any] | None = None,
+                    offset: int | None = None) -> None:
         """One frame to every subscriber of the parcel; a viewer gets `message` without user ids."""
         viewer_frame = None
         sent = 0
@@ -580,10 +638,10 @@ class Hub:
                     shown = self._link_shows(channel, message)
                     viewer_frame = text_frame(protocol.encode(message, viewer=True)) if shown else b""
                 if viewer_frame:
-                    subscriber.send_frame(viewer_frame)
+                    subscriber.send_frame(viewer_frame, offset)
                     sent += 1
             else:
-                subscriber.send_frame(frame)
+                subscriber.send_frame(frame, offset)
                 sent += 1
         self.metrics.broadcasts_out.inc(sent)
 
@@ -593,25 +651,25 @@ class Hub:
         state = channel.state
         return message is not None and state is not None and shares.may_show(state.shown_from, message["timestamp"])
 
-    def _to_boards(self, channel: Channel, frame: bytes) -> None:
-        """A location for the boards, conflated: at most one per parcel per BOARD_INTERVAL,
-        the latest one waiting sent when the interval ends."""
+    def _to_boards(self, channel: Channel, message: dict[str, Any]) -> None:
+        """A location for the boards (of every process), conflated where it is published: at most
+        one per parcel per BOARD_INTERVAL, the latest one waiting sent when the interval ends."""
         now = time.monotonic()
         due = (channel.board_sent if channel.board_sent is not None else -BOARD_INTERVAL) + BOARD_INTERVAL
         if now >= due and channel.board_waiting is None:
             channel.board_sent = now
-            self._tell_boards(frame)
+            self.broker.to_boards({"kind": "board", "message": message})
             return
         if channel.board_waiting is None:
             asyncio.get_running_loop().call_later(max(0.0, due - now), self._board_flush, channel)
-        channel.board_waiting = frame
+        channel.board_waiting = message
 
     def _board_flush(self, channel: Channel) -> None:
         try:
-            frame, channel.board_waiting = channel.board_waiting, None
-            if frame is not None:
+            message, channel.board_waiting = channel.board_waiting, None
+            if message is not None:
                 channel.board_sent = time.monotonic()
-                self._tell_boards(frame)
+                self.broker.to_boards({"kind": "board", "message": message})
             self._release(channel)
         except Exception:
             log.exception("could not send parcel %d's held location to the boards", channel.parcel_id)

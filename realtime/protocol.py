@@ -114,12 +114,29 @@ def error(message: str) -> str:
     return json.dumps({"type": "error", "message": message})
 
 
-def subscribed(parcel_id: int, role: str, status: str, stops_before: int | None = None) -> str:
-    """A parcel socket's first message; `stops_before` when the parcel is on a route and the hub knows its place."""
-    message: dict[str, Any] = {"type": "subscribed", "parcel_id": parcel_id, "role": role, "status": status}
+def subscribed(parcel_id: int, role: str, status: str, stops_before: int | None = None, *, epoch: str = "",
+               offset: int = 0, recovered: bool | None = None) -> str:
+    """A parcel socket's first message; `stops_before` when the parcel is on a route and the hub knows its place;
+    the parcel's `epoch` and latest `offset`, and `recovered` when the client asked to recover
+    (docs/protocol.md, "Recovery on reconnect")."""
+    message: dict[str, Any] = {"type": "subscribed", "parcel_id": parcel_id, "role": role, "status": status,
+                               "epoch": epoch, "offset": offset}
     if stops_before is not None:
         message["stops_before"] = stops_before
+    if recovered is not None:
+        message["recovered"] = recovered
     return json.dumps(message)
+
+
+def with_offset(text: str, offset: int) -> str:
+    """A built message (a JSON object) numbered on its parcel's stream: `"offset"` added last. The
+    Redis broker's script does the same to the text it holds (realtime/broker.py, RECORD)."""
+    return f'{text[:-1]},"offset":{offset}}}'
+
+
+def without_offset(message: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot is no stream message: it is sent without the offset the broadcast had."""
+    return {key: value for key, value in message.items() if key != "offset"}
 
 
 def route_subscribed(parcel_ids: list[int]) -> str:
@@ -152,26 +169,35 @@ def encode(message: dict[str, Any], viewer: bool = False) -> str:
     return json.dumps({**message, "driver_id": None} if viewer else message)
 
 
-def status(parcel_id: int, status: str, timestamp: datetime, driver_id: int | None | bool = False,
-           ends: tuple[dict[str, Any], dict[str, Any]] | None = None) -> str:
+def status(parcel_id: int, status: str, timestamp: datetime | str, driver_id: int | None | bool = False,
+           ends: tuple[dict[str, Any], dict[str, Any]] | None = None, offset: int | None = None) -> str:
     """A status change; the board's copy also names the driver (`driver_id` given) and the
-    parcel's pickup and destination (`ends`), so it can pin a parcel assigned meanwhile."""
-    message: dict[str, Any] = {"type": "status", "parcel_id": parcel_id, "status": status, "timestamp": iso(timestamp)}
+    parcel's pickup and destination (`ends`), so it can pin a parcel assigned meanwhile;
+    a tracking socket's copy carries its `offset` on the parcel's stream."""
+    when = timestamp if isinstance(timestamp, str) else iso(timestamp)
+    message: dict[str, Any] = {"type": "status", "parcel_id": parcel_id, "status": status, "timestamp": when}
     if driver_id is not False:
         message["driver_id"] = str(driver_id) if driver_id is not None else None
     if ends is not None:
         message["pickup"], message["destination"] = place(ends[0]), place(ends[1])
+    return _numbered(message, offset)
+
+
+def _numbered(message: dict[str, Any], offset: int | None) -> str:
+    """A parcel's message as sent, with its `offset` when it has one (docs/protocol.md, "Recovery on reconnect")."""
+    if offset is not None:
+        message["offset"] = offset
     return json.dumps(message)
 
 
-def route_position(parcel_id: int, stops_before: int) -> str:
+def route_position(parcel_id: int, stops_before: int, offset: int | None = None) -> str:
     """How many of its driver's stops come before this parcel (docs/protocol.md, "The route")."""
-    return json.dumps({"type": "route_position", "parcel_id": parcel_id, "stops_before": stops_before})
+    return _numbered({"type": "route_position", "parcel_id": parcel_id, "stops_before": stops_before}, offset)
 
 
-def geofence(parcel_id: int, zone: str, event: str, timestamp: str) -> str:
-    return json.dumps({"type": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
-                       "timestamp": timestamp})
+def geofence(parcel_id: int, zone: str, event: str, timestamp: str, offset: int | None = None) -> str:
+    return _numbered({"type": "geofence", "parcel_id": parcel_id, "zone": zone, "event": event,
+                      "timestamp": timestamp}, offset)
 
 
 def board(entries: list[dict[str, Any]]) -> str:

@@ -180,10 +180,29 @@ def location(lat: float = 28.6139, lng: float = 77.209, **fields: Any) -> str:
     return json.dumps({"type": "location_update", "lat": lat, "lng": lng, **fields})
 
 
-async def recv(ws: WebSocketClientConnection, within: float = 5.0) -> dict[str, Any] | None:
-    """The next message as JSON (None once the socket has closed); fails after `within` seconds."""
+async def recv(ws: WebSocketClientConnection, within: float = 5.0, *, numbered: bool = False) -> dict[str, Any] | None:
+    """The next message as JSON (None once the socket has closed); fails after `within` seconds.
+
+    A parcel's numbering (docs/protocol.md, "Recovery on reconnect") is checked on every message
+    and taken off, unless `numbered`: `subscribed`'s `epoch` (a string) and `offset`, and each
+    message's `offset`, a positive integer above the last this socket saw for its parcel."""
     message = await asyncio.wait_for(ws.read_message(), within)
-    return None if message is None else json.loads(message)
+    if message is None:
+        return None
+    got = json.loads(message)
+    if isinstance(got, dict) and ("offset" in got or "epoch" in got):
+        seen: dict[Any, int] = ws.__dict__.setdefault("_offsets_seen", {})
+        offset, parcel_id = got["offset"], got.get("parcel_id")
+        assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0, got
+        if got["type"] == "subscribed":
+            assert isinstance(got["epoch"], str) and got["epoch"], got
+        else:
+            assert offset > seen.get(parcel_id, 0), (got, seen)
+        seen[parcel_id] = offset
+        if not numbered:
+            del got["offset"]
+            got.pop("epoch", None)
+    return got
 
 
 def refused(response: HTTPResponse, status: int, context: Any = None) -> str:
