@@ -217,10 +217,12 @@ class Hub:
                 return recovery, recovery.missed
             return recovery, [shown for text in recovery.missed if (shown := self._for_viewer(channel, text))]
         state = channel.state
-        if channel.latest is None and recovery.latest is not None and not state.finished:
-            held = json.loads(recovery.latest)  # another process's driver: its newest fix, if still the driver
-            if held["driver_id"] == str(state.driver_id) and (state.stored is None
-                                                               or held["timestamp"] > state.stored["timestamp"]):
+        if recovery.latest is not None and not state.finished:
+            # The driver's newest fix, made in any process: newer than this process's copy when it
+            # has had no subscriber for a while (it stopped listening), if still the parcel's driver.
+            held = json.loads(recovery.latest)
+            known = channel.latest or state.stored
+            if held["driver_id"] == str(state.driver_id) and (known is None or held["timestamp"] > known["timestamp"]):
                 channel.latest = held
         latest = channel.latest or channel.state.stored
         if latest is None or (viewer and not self._link_shows(channel, latest)):

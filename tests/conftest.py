@@ -137,10 +137,13 @@ class World:
             return e.response
 
     async def socket(self, parcel_id: Any, token: str | None, origin: str | None = None,
-                     path: str = "/ws/tracking/") -> WebSocketClientConnection:
+                     path: str = "/ws/tracking/", **more: Any) -> WebSocketClientConnection:
+        """A socket to `path`; `more`: other query arguments (`since`, `epoch`)."""
         query = f"parcel_id={parcel_id}" if parcel_id is not None else ""
         if token is not None:
             query += f"&token={token}"
+        if more:
+            query += "&" + urlencode(more)
         headers = {"Origin": origin} if origin else {}
         request = HTTPRequest(f"ws://127.0.0.1:{self.port}{path}?{query}", headers=headers, request_timeout=10)
         return await websocket_connect(request)
@@ -196,9 +199,11 @@ async def recv(ws: WebSocketClientConnection, within: float = 5.0, *, numbered: 
         assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0, got
         if got["type"] == "subscribed":
             assert isinstance(got["epoch"], str) and got["epoch"], got
+            if not got.get("recovered"):  # else the missed messages, up to this offset, follow
+                seen[parcel_id] = offset
         else:
             assert offset > seen.get(parcel_id, 0), (got, seen)
-        seen[parcel_id] = offset
+            seen[parcel_id] = offset
         if not numbered:
             del got["offset"]
             got.pop("epoch", None)
