@@ -51,6 +51,7 @@ from benchmarks import generator  # noqa: E402
 from benchmarks.fixture import App, Fixture, seed  # noqa: E402
 from benchmarks.generator import CpuSampler, Report, find, latest_steps, rss_kib  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
+from benchmarks.scaleout import BEFORE_SHARDED, BUSY_HZ, BUSY_PARCELS, idle_process  # noqa: E402
 from devtools.process import RedisServer, app_env, free_port  # noqa: E402
 from models.db import parse_iso  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -394,7 +395,11 @@ async def redis_pair(args: argparse.Namespace, env: dict[str, str], data: Path, 
         for r in rows:
             print(f"     {r['target_rate']:,.0f}/s: process 1 (drivers) {r['app1_cpu']} core, process 2 (viewers) "
                   f"{r['app2_cpu']}, Redis {r['redis_cpu']}")
-        return {"steps": rows, "sustained": sustained(rows)}
+        print(f"   6b. a quiet process (process 2) while the other carries {BUSY_PARCELS * BUSY_HZ:,} updates/s for "
+              f"other parcels")
+        idle = await idle_process(args, apps[1], apps[0], redis.url, redis.process.pid, fx, scratch,
+                                  12 if args.quick else 20)
+        return {"steps": rows, "sustained": sustained(rows), "idle": idle}
     finally:
         for app in reversed(apps):
             app.stop()
@@ -523,6 +528,12 @@ def summary_table(res: dict[str, Any]) -> str:
                  + ("" if s["pass"] else " fails") for s in rd.get("steps") or []]
         rows.append(f"| two processes + Redis, drivers on one, viewers on the other | – | "
                     f"{'; '.join(parts) or '–'} | – |")
+        if cpu := (idle := rd.get("idle") or {}).get("cpu"):
+            rows.append(f"| idle process CPU while the other carries {idle['busy_sent_per_s'] or 0:,.0f} updates/s: "
+                        f"a process whose {idle['quiet_sockets']} sockets watch {idle['quiet_parcels']} other parcels "
+                        f"(the busy one, Redis: commands/s) | – | {cpu['quiet']:.1%} of a core ({BEFORE_SHARDED}); "
+                        f"the busy one {cpu['busy']:.0%}, Redis {cpu['redis']:.1%}: "
+                        f"{idle['redis_commands_per_s']:,}/s{' (noisy)' if idle['noisy'] else ''} | < ~5 % |")
     if n := res.get("null"):
         rows.append(f"| the generator's own ceiling (null server, same sockets) | – | {n['ceiling']:,.0f}/s passing | "
                     f"≥ {2 * TARGET_RATE:,} |")
@@ -541,6 +552,9 @@ def verdict(res: dict[str, Any]) -> list[str]:
     if st := res.get("storm"):
         out.append(f"a storm of {st['target']:,} sockets: every one subscribed, none refused: "
                    f"{holds(st['subscribed'] == st['target'] and not st['refused'])}")
+    if cpu := ((res.get("redis") or {}).get("idle") or {}).get("cpu"):
+        out.append(f"a process watching 10 parcels under ~5 % of a core while another carries 2,000 updates/s: "
+                   f"{holds(cpu['quiet'] is not None and cpu['quiet'] < 0.05)}")
     if t := res.get("ten_thousand"):
         out.append(f"≤ 14 KiB per socket at {t['sockets']:,}: {holds((t['kib_per_socket'] or 99) <= 14)}")
         out.append(f"{t['sockets']:,} held at 1 Hz, p99 < {BUDGET_MS} ms: "
