@@ -17,7 +17,10 @@ Everything the hub holds of one parcel is in its `Channel` (realtime/channel.py)
 subscribers, state, latest location, journey (ETA, geofences, fix quality), sampling
 and the board's conflation. The hub is a registry of channels, users, route sockets
 and boards, with the two directions: events in (`publish_*`, `parcel_changed`, ...,
-onto the broker) and events out (`_deliver`, from the broker, in every process).
+onto the broker) and events out (`_deliver`, from the broker, in every process that
+watches the parcel). A parcel's messages for its tracking sockets are numbered and held
+by the broker, so a socket that reconnects is sent what it missed (`recover`,
+docs/protocol.md, "Recovery on reconnect").
 The application hands it the sample writer and the metrics it reports to.
 """
 

@@ -9,7 +9,9 @@
  * sample (time and place) is kept for the replay; only the drawn line is simplified.
  * After a silence in the live fixes (a phone that was offline sends its fixes as one batch,
  * of which only the newest is broadcast; a page that was reconnecting), the gap is fetched
- * from the history with `since=`.
+ * from the history with `since=`. A reconnect the server could not recover (docs/protocol.md,
+ * "Recovery on reconnect": `"recovered": false`) may have missed anything, so the whole
+ * history is fetched again and merged with what is drawn (reload()).
  */
 
 const PAGE_LIMIT = 1000; // samples a page: small enough that each page is a short task
@@ -104,6 +106,7 @@ export class DrivenPath {
     this.waiting = []; // live points that came while the history was still loading
     this.loaded = false;
     this.backfilling = false;
+    this.reloadTimer = null;
     this.line = window.L.polyline([], { className: "route-line route-path", interactive: false, smoothFactor: 1.5 })
       .addTo(map);
   }
@@ -172,6 +175,19 @@ export class DrivenPath {
       this.drawn.push(...(start ? simplified.slice(1) : simplified));
     }
     this.changed();
+  }
+
+  /** What came while the page was away may be missing: the whole history again, a moment later
+   * (once the server has written the latest samples), merged with what is drawn. Merged, not
+   * swapped in: the history keeps one fix in LOCATION_SAMPLE_EVERY (docs/protocol.md, "What is
+   * stored"), so the live fixes already drawn stay, and nothing is drawn twice. */
+  reload() {
+    clearTimeout(this.reloadTimer);
+    this.reloadTimer = setTimeout(async () => {
+      const found = [];
+      await this.fetchPages(null, (points) => found.push(...points));
+      this.merge(found);
+    }, BACKFILL_AFTER_MS);
   }
 
   /** Points from anywhere in time (a backfilled gap): merged in order, the line drawn again. */

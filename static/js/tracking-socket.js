@@ -15,6 +15,14 @@
  * The same class opens the driver's socket (`path: "/ws/driver/"`, no parcel), the
  * dispatcher's board (`path: "/ws/dispatch/"`) and a share link's socket (`token`: the
  * share token, used as it is; a 4401 then stops it, since no new one can be fetched).
+ *
+ * On a parcel's socket (/ws/tracking/) it keeps the parcel's epoch (from `subscribed`) and
+ * the highest offset seen, and a reconnect asks for what it missed (`since` and `epoch`:
+ * docs/protocol.md, "Recovery on reconnect"). Told `"recovered": true`, it passes the missed
+ * messages on in order and the status of `subscribed` only once they are through (so a page
+ * never steps back through the statuses it missed); told `"recovered": false`, it calls
+ * `onGap()` so the page reloads its path from the history. A message whose offset it has
+ * already seen is dropped. Against a server that sends no offsets it behaves as before.
  */
 
 import { onLogout } from "./logout.js";
@@ -48,9 +56,10 @@ export class TrackingSocket {
    * @param {(status: string, message: object) => void} [options.onStatus] also called with the status in "subscribed"
    * @param {(text: string) => void} [options.onError] the server's error messages and the reason for stopping
    * @param {(state: string, detail: string) => void} [options.onState]
+   * @param {() => void} [options.onGap] a reconnect could not be recovered: what came meanwhile may be missing
    */
   constructor({ parcelId, path = "/ws/tracking/", token = "", wsUrl = "", onLocation, onStatus, onError, onState,
-    onMessage }) {
+    onMessage, onGap }) {
     this.parcelId = parcelId;
     this.path = path;
     this.fixedToken = token;
@@ -60,6 +69,13 @@ export class TrackingSocket {
     this.onStatus = onStatus || (() => {});
     this.onError = onError || (() => {});
     this.onState = onState || (() => {});
+    this.onGap = onGap || (() => {});
+    this.recovers = path === "/ws/tracking/"; // the other sockets carry no offsets
+    this.epoch = null; // the parcel's epoch, from the last `subscribed` that had one
+    this.offset = null; // the highest offset passed on (or known to be covered) in that epoch
+    this.replay = null; // while the missed messages come: {until: the offset they end at, subscribed: the message}
+    this.snapshot = false; // the latest location sent after a `subscribed` is let through even if not newer
+    this.lastStatus = null; // the status last handed to onStatus
     this.state = "offline";
     this.ws = null;
     this.wanted = false; // connect() called and not disconnect()
@@ -130,6 +146,10 @@ export class TrackingSocket {
     if (generation !== this.generation || !this.wanted) return;
     const query = new URLSearchParams({ token });
     if (this.parcelId !== undefined) query.set("parcel_id", this.parcelId);
+    if (this.recovers && this.epoch !== null && this.offset !== null) { // a reconnect: ask for what was missed
+      query.set("since", String(this.offset));
+      query.set("epoch", this.epoch);
+    }
     const url = `${this.base}${this.path}?${query}`;
     let ws;
     try {
@@ -166,19 +186,74 @@ export class TrackingSocket {
     if (message.type === "subscribed" || message.type === "board") { // the board's snapshot is its "subscribed"
       this.attempt = 0;
       this.tokenRetries = 0;
+      const recovered = this.recovers && message.type === "subscribed" ? this._subscribed(message) : false;
       this._setState("live", "");
-      if (message.status) this.onStatus(message.status, message);
+      if (message.status && !recovered) this._status(message.status, message);
       this.onMessage(message);
-    } else if (message.type === "location_update" && message.location) {
+      if (this.recovers && message.recovered === false) this.onGap();
+      return;
+    }
+    if (!this._fresh(message)) return;
+    if (message.type === "location_update" && message.location) {
       this.onLocation(message.location, message);
     } else if (message.type === "status") {
-      this.onStatus(message.status, message);
+      this._status(message.status, message);
     } else if (message.type === "error") {
       this.lastError = String(message.message || "error");
       if (this.state === "live") this.onError(this.lastError);
     } else {
       this.onMessage(message);
     }
+    this._replayed(message);
+  }
+
+  /** Take a parcel's `subscribed`: its epoch and offset. True when it recovered what was missed,
+   * whose messages follow (docs/protocol.md, "Recovery on reconnect"). */
+  _subscribed(message) {
+    this.replay = null;
+    const epoch = typeof message.epoch === "string" ? message.epoch : null;
+    const offset = Number.isInteger(message.offset) ? message.offset : null;
+    if (epoch === null || offset === null) { // a server without offsets: nothing to keep
+      this.epoch = this.offset = null;
+      return false;
+    }
+    if (message.recovered === true && epoch === this.epoch && this.offset !== null) {
+      if (offset > this.offset) this.replay = { until: offset, subscribed: message };
+      else if (message.status) this._status(message.status, message); // nothing was missed
+      return true;
+    }
+    // A first connect, or not recovered: the snapshot that follows is the latest, and
+    // everything up to `offset` is in the history the page loads.
+    this.epoch = epoch;
+    this.offset = offset;
+    this.snapshot = true;
+    return false;
+  }
+
+  /** Whether a message is new: one whose offset was already seen is dropped. */
+  _fresh(message) {
+    const snapshot = this.snapshot;
+    this.snapshot = false;
+    if (!this.recovers || this.offset === null || !Number.isInteger(message.offset)) return true;
+    if (message.offset > this.offset) {
+      this.offset = message.offset;
+      return true;
+    }
+    return snapshot && message.type === "location_update";
+  }
+
+  /** After the last missed message, the status `subscribed` said, if the missed ones did not end there. */
+  _replayed(message) {
+    const replay = this.replay;
+    if (!replay || !Number.isInteger(message.offset) || message.offset < replay.until) return;
+    this.replay = null;
+    const { status } = replay.subscribed;
+    if (status && status !== this.lastStatus) this._status(status, replay.subscribed);
+  }
+
+  _status(status, message) {
+    this.lastStatus = status;
+    this.onStatus(status, message);
   }
 
   _closed(ws, event) {
