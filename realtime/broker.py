@@ -62,7 +62,8 @@ POLL = 1.0  # seconds the listener waits for a message before looking at its sta
 STREAM_KEEP = 200  # a parcel's messages held for recovery: at least the last 200 ...
 STREAM_SECONDS = 600  # ... and the last 10 minutes of them
 STREAM_MAX = 10_000  # and at most this many (ten a second for over 15 minutes)
-STREAM_TTL = 3600  # seconds: a parcel without a message for this long is forgotten (a new epoch)
+STREAM_TTL = 86_400  # seconds: a parcel without a message for a day is forgotten (a new epoch) ...
+ENDED_TTL = STREAM_SECONDS  # ... and a finished one 10 minutes after its last message
 WATCH_WAIT = 2.0  # seconds a recovery waits for this process's subscription to the parcel
 
 
@@ -114,12 +115,13 @@ class Broker(ABC):
 
     @abstractmethod
     def record(self, parcel_id: int, event: dict[str, Any], message: str, *, control: bool = False,
-               once: str | None = None) -> None:
+               once: str | None = None, ended: bool = False) -> None:
         """Number a parcel's `message` (a built message, as its tracking sockets get it) with the
         parcel's next offset, hold it for recovery, and hand `event` with that `"offset"` to the
         hubs watching the parcel (every hub: `control`). `once`: nothing is recorded when the
         parcel's last message recorded with a `once` had the same one (a route position that
-        several processes saw change is told once)."""
+        several processes saw change is told once). `ended`: the parcel finished, so its stream
+        is kept ENDED_TTL after this message, not STREAM_TTL."""
 
     @abstractmethod
     def to_boards(self, event: dict[str, Any]) -> None:
@@ -171,7 +173,7 @@ class Broker(ABC):
 class Stream:
     """One parcel's numbered messages, held in this process (LocalBroker)."""
 
-    __slots__ = ("epoch", "offset", "held", "once", "latest", "last")
+    __slots__ = ("epoch", "offset", "held", "once", "latest", "expires")
 
     def __init__(self) -> None:
         self.epoch = new_epoch()
@@ -179,11 +181,12 @@ class Stream:
         self.held: deque[tuple[int, float, str]] = deque()  # (offset, when, message)
         self.once: str | None = None
         self.latest: str | None = None
-        self.last = time.monotonic()
+        self.expires = time.monotonic() + STREAM_TTL
 
-    def add(self, message: str, location: bool) -> int:
+    def add(self, message: str, location: bool, ended: bool) -> int:
         self.offset += 1
-        now = self.last = time.monotonic()
+        now = time.monotonic()
+        self.expires = now + (ENDED_TTL if ended else STREAM_TTL)
         numbered = with_offset(message, self.offset)
         self.held.append((self.offset, now, numbered))
         if location:
@@ -226,13 +229,13 @@ class LocalBroker(Broker):
         self._deliver_soon(event)
 
     def record(self, parcel_id: int, event: dict[str, Any], message: str, *, control: bool = False,
-               once: str | None = None) -> None:
+               once: str | None = None, ended: bool = False) -> None:
         stream = self._stream(parcel_id)
         if once is not None:
             if stream.once == once:
                 return
             stream.once = once
-        self._deliver_soon({**event, "offset": stream.add(message, event["kind"] == "location")})
+        self._deliver_soon({**event, "offset": stream.add(message, event["kind"] == "location", ended)})
 
     def to_boards(self, event: dict[str, Any]) -> None:
         self._deliver_soon(event)
@@ -256,16 +259,16 @@ class LocalBroker(Broker):
         return stream
 
     def _sweep(self) -> None:
-        """Forget the streams of parcels quiet for STREAM_TTL (their next reader gets a new epoch)."""
-        quiet = time.monotonic() - STREAM_TTL
-        for parcel_id in [p for p, stream in self._streams.items() if stream.last < quiet]:
+        """Forget the streams that expired (their next reader gets a new epoch)."""
+        now = time.monotonic()
+        for parcel_id in [p for p, stream in self._streams.items() if stream.expires < now]:
             del self._streams[parcel_id]
         self._sweeper = asyncio.get_running_loop().call_later(60, self._sweep)
 
 
 # One message recorded, atomically: its offset, the parcel's stream (entry ids are the
 # offsets, trimmed to STREAM_KEEP messages or STREAM_SECONDS, whichever holds more, at
-# most STREAM_MAX), its newest location, and the publish. KEYS: the parcel's meta hash and
+# most STREAM_MAX), its newest location, how long it is kept, and the publish. KEYS: the parcel's meta hash and
 # stream. ARGV: a new epoch (used if it has none), the message, the event, the channel,
 # "1" for a sharded channel, `once` ("" for none), "1" for a location, now (ms), keep,
 # keep ms, max, ttl. `with_offset` (realtime/protocol.py) is the same concatenation.
@@ -399,9 +402,9 @@ class RedisBroker(Broker):
             self._here_only(event)
 
     def record(self, parcel_id: int, event: dict[str, Any], message: str, *, control: bool = False,
-               once: str | None = None) -> None:
+               once: str | None = None, ended: bool = False) -> None:
         if self._connected:
-            self._queue(("record", parcel_id, event, message, control, once))
+            self._queue(("record", parcel_id, event, message, control, once, ended))
         else:
             self._gaps.add(parcel_id)
             self._here_only(event)
@@ -469,11 +472,12 @@ class RedisBroker(Broker):
                 if item[0] == "publish":
                     pipeline.publish(item[1], json.dumps(item[2]))
                 else:
-                    _, parcel_id, event, message, control, once = item
+                    _, parcel_id, event, message, control, once, ended = item
                     await self._record(keys=parcel_keys(parcel_id), client=pipeline, args=[
                         new_epoch(), message, json.dumps(event), CHANNEL if control else parcel_channel(parcel_id),
                         "0" if control else "1", once or "", "1" if event["kind"] == "location" else "0",
-                        int(time.time() * 1000), STREAM_KEEP, STREAM_SECONDS * 1000, STREAM_MAX, STREAM_TTL])
+                        int(time.time() * 1000), STREAM_KEEP, STREAM_SECONDS * 1000, STREAM_MAX,
+                        ENDED_TTL if ended else STREAM_TTL])
             try:
                 await pipeline.execute()
             except asyncio.CancelledError:

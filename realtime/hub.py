@@ -484,7 +484,8 @@ class Hub:
             "pickup": parcel["pickup"], "destination": parcel["destination"],
             "revoke_driver_id": previous_driver_id if previous_driver_id != parcel.get("driver_id") else None,
             "shown_from": shares.position_since_text(parcel, now), "timestamp": iso(now),
-        }, protocol.status(parcel["_id"], parcel["status"], now), control=True)
+        }, protocol.status(parcel["_id"], parcel["status"], now), control=True,
+            ended=parcel["status"] in parcels.FINISHED)
         for driver_id in {parcel.get("driver_id"), previous_driver_id} - {None}:
             self._route_soon(driver_id)
 

@@ -5,12 +5,14 @@ Redis, a process receives only the events of the parcels it has subscribers for.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from tornado.websocket import WebSocketClientConnection
 
 from devtools.process import RedisServer
+from realtime.broker import STREAM_MAX, Stream
 from tests.conftest import World, location, recv
 from tests.helpers import (
     another_server,
@@ -117,7 +119,7 @@ async def test_a_malformed_since_or_epoch_is_refused_with_4400(world):
 async def test_a_share_link_recovers_what_it_may_see_and_no_user_id(world):
     s = await scene(world, "picked_up")
     link = (await world.api("POST", f"/api/parcels/{s.id}/share/", s.client)).body
-    token = __import__("json").loads(link)["token"]
+    token = json.loads(link)["token"]
     driver = await world.watch(s.parcel, s.driver)
     viewer, hello = await first(world, s.id, token)
     viewer.close()
@@ -183,3 +185,17 @@ async def test_with_redis_a_process_receives_only_the_parcels_it_has_subscribers
             assert (await recv(late))["location"]["lng"] == 77.254  # the other process's driver, its newest fix
     finally:
         redis.kill()
+
+
+def test_a_stream_holds_ten_minutes_of_messages_up_to_its_cap_and_says_when_it_cannot_recover():
+    stream = Stream()
+    for n in range(1, 301):  # 300 within ten minutes: every one is held, past the 200 at least
+        stream.add(f'{{"type":"status","n":{n}}}', location=False, ended=False)
+    recovery = stream.recover(0, stream.epoch)
+    assert recovery.offset == 300 and [json.loads(m)["offset"] for m in recovery.missed] == list(range(1, 301))
+    for n in range(301, STREAM_MAX + 501):
+        stream.add(f'{{"type":"status","n":{n}}}', location=False, ended=False)
+    assert len(stream.held) == STREAM_MAX
+    assert stream.recover(400, stream.epoch).missed is None  # no longer held
+    missed = stream.recover(STREAM_MAX + 499, stream.epoch).missed
+    assert [json.loads(m) for m in missed] == [{"type": "status", "n": STREAM_MAX + 500, "offset": STREAM_MAX + 500}]
