@@ -8,7 +8,8 @@
  * from the history extended live (path.js) with a replay control (replay.js), the ETA
  * (eta.js), "Driver is nearby" on a geofence entry, the status timeline (timeline.js) and
  * notifications while the tab is hidden (notify.js). After a reconnect the socket passes on what
- * the page missed (tracking-socket.js), or says it could not, and the path is fetched again. The track page adds the share
+ * the page missed (tracking-socket.js), or says it could not, and the path is fetched again.
+ * The track page adds the share
  * controls (share.js) for those who may share; the share page turns to "This link is no
  * longer valid" when its socket is refused, or shows the final status when the parcel
  * finished. The map frames everything once and then keeps the view the person chose,

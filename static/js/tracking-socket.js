@@ -74,7 +74,6 @@ export class TrackingSocket {
     this.epoch = null; // the parcel's epoch, from the last `subscribed` that had one
     this.offset = null; // the highest offset passed on (or known to be covered) in that epoch
     this.replay = null; // while the missed messages come: {until: the offset they end at, subscribed: the message}
-    this.snapshot = false; // the latest location sent after a `subscribed` is let through even if not newer
     this.lastStatus = null; // the status last handed to onStatus
     this.state = "offline";
     this.ws = null;
@@ -222,24 +221,20 @@ export class TrackingSocket {
       else if (message.status) this._status(message.status, message); // nothing was missed
       return true;
     }
-    // A first connect, or not recovered: the snapshot that follows is the latest, and
-    // everything up to `offset` is in the history the page loads.
+    // A first connect, or not recovered: the snapshot that follows (no offset: it is no message
+    // of the stream) is the latest, and everything up to `offset` is in the history the page loads.
     this.epoch = epoch;
     this.offset = offset;
-    this.snapshot = true;
     return false;
   }
 
-  /** Whether a message is new: one whose offset was already seen is dropped. */
+  /** Whether a message is new: one whose offset was already seen is dropped (offsets may skip:
+   * a share link's viewer is not sent what it may not see). */
   _fresh(message) {
-    const snapshot = this.snapshot;
-    this.snapshot = false;
     if (!this.recovers || this.offset === null || !Number.isInteger(message.offset)) return true;
-    if (message.offset > this.offset) {
-      this.offset = message.offset;
-      return true;
-    }
-    return snapshot && message.type === "location_update";
+    if (message.offset <= this.offset) return false;
+    this.offset = message.offset;
+    return true;
   }
 
   /** After the last missed message, the status `subscribed` said, if the missed ones did not end there. */
