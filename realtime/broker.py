@@ -389,6 +389,7 @@ class RedisBroker(Broker):
 
     async def start(self) -> None:
         try:
+            await self._load_scripts()
             self._pubsub = await self._subscribe()
         except Exception as e:  # redis raises its own ConnectionError, TimeoutError, ...
             raise BrokerUnavailable(f"cannot reach the broker at BROKER_URL: {e}") from None
@@ -454,6 +455,12 @@ class RedisBroker(Broker):
 
     # -- sending -----------------------------------------------------------------
 
+    async def _load_scripts(self) -> None:
+        """Load the recording script, which the sender's pipelines call by its hash: a pipeline
+        given redis-py's Script object asks `SCRIPT EXISTS` first, a round trip per batch. A Redis
+        that restarted lost it, and was lost meanwhile: `_back` loads it again."""
+        await self._redis.script_load(RECORD)
+
     def _queue(self, item: tuple[Any, ...]) -> None:
         self._outbox.append(item)
         self._wake.set()
@@ -473,11 +480,11 @@ class RedisBroker(Broker):
                     pipeline.publish(item[1], json.dumps(item[2]))
                 else:
                     _, parcel_id, event, message, control, once, ended = item
-                    await self._record(keys=parcel_keys(parcel_id), client=pipeline, args=[
+                    pipeline.evalsha(self._record.sha, 2, *parcel_keys(parcel_id),
                         new_epoch(), message, json.dumps(event), CHANNEL if control else parcel_channel(parcel_id),
                         "0" if control else "1", once or "", "1" if event["kind"] == "location" else "0",
                         int(time.time() * 1000), STREAM_KEEP, STREAM_SECONDS * 1000, STREAM_MAX,
-                        ENDED_TTL if ended else STREAM_TTL])
+                        ENDED_TTL if ended else STREAM_TTL)
             try:
                 await pipeline.execute()
             except asyncio.CancelledError:
@@ -630,10 +637,9 @@ class RedisBroker(Broker):
             return
         gaps, self._gaps = self._gaps, set()
         try:
-            pipeline = self._redis.pipeline(transaction=False)
+            await self._load_scripts()
             for parcel_id in gaps:
-                await self._new_epoch(keys=parcel_keys(parcel_id), args=[new_epoch()], client=pipeline)
-            await pipeline.execute()
+                await self._new_epoch(keys=parcel_keys(parcel_id), args=[new_epoch()])
         except Exception as e:
             self._gaps |= gaps
             log.debug("could not start new epochs yet: %s", e)
